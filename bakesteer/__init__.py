@@ -1,0 +1,23 @@
+"""bakesteer: bake norm-calibrated activation steering into ordinary Hugging Face checkpoints."""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from bakesteer.errors import BakesteerError  # noqa: E402
+from bakesteer.options import ConvertOptions  # noqa: E402
+
+__all__ = ["BakesteerError", "ConvertOptions", "ConvertResult", "SteeringVector", "__version__", "compute_vector", "convert"]
+
+
+def __getattr__(name: str) -> object:
+    # torch and transformers load only when the pipeline is used, so `bakesteer --help` stays instant.
+    if name in ("convert", "compute_vector", "ConvertResult"):
+        from bakesteer import pipeline
+
+        return getattr(pipeline, name)
+    if name == "SteeringVector":
+        from bakesteer.vector import SteeringVector
+
+        return SteeringVector
+    raise AttributeError(f"module 'bakesteer' has no attribute {name!r}")

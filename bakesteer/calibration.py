@@ -1,0 +1,115 @@
+"""Calibration: mean residual norms ``mu_l`` and difference-of-means directions ``c_l``.
+
+The residual at layer ``l`` is the output of decoder block ``l`` (0-based), before the final norm; transformers'
+``hidden_states[-1]`` is after the final norm, so hooks on the blocks are used instead of ``output_hidden_states``.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from bakesteer.architectures import ArchitectureSpec
+from bakesteer.batching import left_padded_batches
+from bakesteer.hooks import decoder_layers, layer_hooks
+from bakesteer.progress import bar
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class ResidualStatistics:
+    """Sums over one prompt set, accumulated in float64 from float32 activations.
+
+    Attributes:
+        norm_sum: ``[L]`` sum of residual L2 norms over counted tokens (real tokens except each sequence's first).
+        token_count: Number of counted tokens.
+        last_sum: ``[L, d]`` sum of the residual at each sequence's last real token.
+        sequences: Number of sequences.
+    """
+
+    norm_sum: torch.Tensor
+    token_count: int
+    last_sum: torch.Tensor
+    sequences: int
+
+
+@torch.no_grad()
+def residual_statistics(
+    model: nn.Module,
+    spec: ArchitectureSpec,
+    sequences: list[list[int]],
+    *,
+    batch_size: int,
+    pad_id: int,
+    desc: str = "calibrating",
+) -> ResidualStatistics:
+    """Run the decoder stack (no LM head) over ``sequences`` and accumulate residual statistics per layer.
+
+    Position 0 of every sequence is excluded from the norms: it is the attention-sink token, whose residual norm is
+    orders of magnitude larger than the rest (about 100x on SmolLM2) and would dominate the mean. Padding is
+    excluded through the attention mask. Batches are left-padded, so each row's last real token is at ``-1``.
+    """
+    num_layers = len(decoder_layers(model, spec))
+    d_model = int(model.config.hidden_size)
+    device = next(model.parameters()).device
+    norm_sum = torch.zeros(num_layers, dtype=torch.float64)
+    last_sum = torch.zeros(num_layers, d_model, dtype=torch.float64)
+    state: dict[str, torch.Tensor] = {}
+
+    def record(index: int, hidden: torch.Tensor) -> None:
+        h = hidden.float()
+        norms = torch.linalg.vector_norm(h, dim=-1)
+        norm_sum[index] += (norms * state["counted"]).sum(dtype=torch.float64).cpu()
+        last_sum[index] += h[:, -1, :].sum(dim=0, dtype=torch.float64).cpu()
+        return None
+
+    backbone = model.get_submodule(spec.backbone)
+    token_count = 0
+    batches = left_padded_batches(sequences, batch_size, pad_id)
+    total = -(-len(sequences) // batch_size)
+    with layer_hooks(model, spec, record):
+        for batch in bar(batches, desc=desc, total=total, unit="batch"):
+            batch = batch.to(device)
+            mask = batch.attention_mask
+            # Exclude padding and each sequence's first real token (position id 0).
+            counted = (mask.bool() & (batch.position_ids > 0)).to(torch.float32)
+            state["counted"] = counted
+            token_count += int(counted.sum().item())
+            backbone(
+                input_ids=batch.input_ids,
+                attention_mask=mask,
+                position_ids=batch.position_ids,
+                use_cache=False,
+            )
+    return ResidualStatistics(norm_sum, token_count, last_sum, len(sequences))
+
+
+def mean_norms(*stats: ResidualStatistics) -> torch.Tensor:
+    """``mu_l``: mean residual norm over all counted tokens of all the given sets, as float32 ``[L]``."""
+    tokens = sum(s.token_count for s in stats)
+    if tokens == 0:
+        raise ValueError("no calibration token was counted (every prompt is a single token)")
+    return (sum(s.norm_sum for s in stats) / tokens).to(torch.float32)  # type: ignore[union-attr]
+
+
+def difference_of_means(positive: ResidualStatistics, negative: ResidualStatistics) -> torch.Tensor:
+    """Mean last-token residual of ``positive`` minus that of ``negative``, float64 ``[L, d]``, not normalised."""
+    return positive.last_sum / positive.sequences - negative.last_sum / negative.sequences
+
+
+def unit_directions(diff: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Normalise each row of ``diff`` to unit length.
+
+    Returns:
+        ``(directions, norms)``: float32 ``[L, d]`` (a zero row where the norm is zero or not finite, to be refused
+        in the band by :func:`bakesteer.bake.compute_offsets`) and the float64 norms ``[L]``.
+    """
+    norms = torch.linalg.vector_norm(diff, dim=-1)
+    ok = torch.isfinite(norms) & (norms > 0)
+    safe = torch.where(ok, norms, torch.ones_like(norms))
+    directions = torch.where(ok[:, None], diff / safe[:, None], torch.zeros_like(diff))
+    return directions.to(torch.float32), norms

@@ -1,0 +1,183 @@
+"""The command line: parse, call the library, and map errors to one line in one place.
+
+Heavy imports (torch, transformers) happen inside the commands so ``bakesteer --help`` is instant.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import sys
+import typing
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from bakesteer import __version__
+from bakesteer.errors import BakesteerError
+from bakesteer.options import ConvertOptions
+
+F = typing.TypeVar("F", bound=Callable[..., Any])
+
+
+def _click_option(f: dataclasses.Field[Any]) -> Callable[[F], F]:
+    meta = f.metadata
+    flag = meta.get("flag") or "--" + f.name.replace("_", "-")
+    kind = typing.get_type_hints(ConvertOptions)[f.name]
+    kwargs: dict[str, Any] = {"default": f.default, "show_default": True, "help": meta["help"]}
+    if meta.get("choices"):
+        kwargs["type"] = click.Choice(meta["choices"])
+    elif meta.get("path"):
+        kwargs["type"] = click.Path(path_type=Path, dir_okay=False)
+        kwargs["show_default"] = False
+    elif kind is bool and "/" not in flag:
+        kwargs["is_flag"] = True
+    elif kind in (int, float):
+        kwargs["type"] = kind
+    return click.option(flag, f.name, **kwargs)
+
+
+def options_from(*groups: str) -> Callable[[F], F]:
+    """Add one click option per :class:`ConvertOptions` field in ``groups``: the dataclass is the only definition."""
+
+    def decorate(command: F) -> F:
+        for f in reversed(ConvertOptions.fields_in(*groups)):
+            command = _click_option(f)(command)
+        return command
+
+    return decorate
+
+
+def common_flags(command: F) -> F:
+    command = click.option("--quiet", "-q", is_flag=True, help="No progress bars and no summary, only errors.")(command)
+    command = click.option("--debug", is_flag=True, help="Show full tracebacks and debug logs.")(command)
+    return command
+
+
+def _setup(quiet: bool, debug: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if debug else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
+    if quiet:
+        from bakesteer.progress import set_progress_bars
+
+        set_progress_bars(False)
+
+
+def _run(debug: bool, action: Callable[[], Any]) -> Any:
+    """The one error boundary: known errors become one line and their exit code; --debug shows the traceback."""
+    try:
+        return action()
+    except BakesteerError as err:
+        if debug:
+            raise
+        click.echo(f"bakesteer: error: {err.one_line()}", err=True)
+        sys.exit(err.exit_code)
+    except KeyboardInterrupt:
+        click.echo("bakesteer: interrupted; nothing was written", err=True)
+        sys.exit(130)
+    except Exception as err:  # an unexpected failure: still one line, the traceback on request
+        if debug:
+            raise
+        message = str(err).splitlines()[0] if str(err) else ""
+        click.echo(f"bakesteer: error: unexpected {type(err).__name__}: {message} (rerun with --debug for the traceback)", err=True)
+        sys.exit(1)
+
+
+def _options(values: dict[str, Any]) -> ConvertOptions:
+    names = {f.name for f in dataclasses.fields(ConvertOptions)}
+    return ConvertOptions(**{k: v for k, v in values.items() if k in names})
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="bakesteer")
+def main() -> None:
+    """Bake norm-calibrated activation steering into ordinary Hugging Face checkpoints."""
+
+
+@main.command()
+@click.argument("model")
+@click.option("--output", "-o", type=click.Path(path_type=Path, file_okay=False), required=True, help="Output directory.")
+@options_from("bake", "calibration", "validation", "runtime")
+@common_flags
+def convert(model: str, output: Path, quiet: bool, debug: bool, **values: Any) -> None:
+    """Bake steering into MODEL (Hub id, local directory or .gguf file) and validate the result."""
+    _setup(quiet, debug)
+    options = _options(values)
+
+    def action() -> Any:
+        from bakesteer.pipeline import convert as run_convert
+
+        return run_convert(model, output, options)
+
+    result = _run(debug, action)
+    if not quiet:
+        _summary(result)
+
+
+def _summary(result: Any) -> None:
+    v = result.validation
+    start, end = result.band
+    norms = list(result.offset_norms.values())
+    lines = [
+        f"baked k={result.alpha:g} into layers {start}-{end - 1} ({end - start} of {result.metadata['method']['num_layers']})",
+        f"  offset norms      {min(norms):.4g} .. {max(norms):.4g}",
+        f"  validation ({v.dtype}) max|dlogit| {v.max_abs_diff:.3g} = {v.relative_diff:.3g} of max|logit| "
+        f"(tolerance {v.tolerance:.3g}: {v.tolerance_basis})",
+        f"  mean KL {v.mean_kl:.3g}, greedy {v.greedy_tokens} tokens {'equal' if v.greedy_equal else 'differ at step ' + str(v.greedy_first_mismatch)}, "
+        f"baked vs base {v.base_relative_diff:.3g}",
+        f"  output            {result.output}",
+        f"  time              {result.seconds:.1f} s",
+    ]
+    click.echo("\n".join(lines))
+
+
+@main.command()
+@click.argument("model")
+@click.option(
+    "--output", "-o", type=click.Path(path_type=Path, dir_okay=False), required=True,
+    help="Where to save the vector (steering.safetensors format).",
+)
+@options_from("calibration")
+@options_from("runtime")
+@common_flags
+def vector(model: str, output: Path, quiet: bool, debug: bool, **values: Any) -> None:
+    """Calibrate MODEL and save only the steering vector, for `convert --vector` runs with many alphas."""
+    _setup(quiet, debug)
+    options = _options(values)
+
+    def action() -> Any:
+        from bakesteer.pipeline import compute_vector
+
+        return compute_vector(model, output, options)
+
+    vec = _run(debug, action)
+    if not quiet:
+        click.echo(f"saved a {vec.num_layers}-layer vector (d_model {vec.d_model}) to {output}")
+
+
+@main.command()
+@click.option("--output", "-o", type=click.Path(path_type=Path, file_okay=False), default=Path("demo-output"),
+              show_default=True, help="Output directory (replaced if it exists).")
+@click.option("--alpha", type=float, default=1.0, show_default=True, help="Steering strength k.")
+@common_flags
+def demo(output: Path, alpha: float, quiet: bool, debug: bool) -> None:
+    """Convert the embedded SmolLM2-135M-Instruct GGUF offline and compare base and baked answers."""
+    _setup(quiet, debug)
+
+    def action() -> Any:
+        from bakesteer.demo import run_demo
+
+        return run_demo(output, alpha=alpha)
+
+    result, answers = _run(debug, action)
+    if not quiet:
+        _summary(result)
+    for prompt, base, baked in answers:
+        click.echo(f"\n> {prompt}\n  base : {base}\n  baked: {baked}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,141 @@
+"""Typed errors that carry data.
+
+Every error bakesteer raises on bad input subclasses :class:`BakesteerError` (and a matching built-in, so callers
+that catch ``ValueError`` or ``FileNotFoundError`` keep working). Each one knows the problem (``str(err)``) and the
+way forward (``err.hint``); the CLI turns them into a single line in one place (``bakesteer.cli``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+
+class BakesteerError(Exception):
+    """Base class for every error bakesteer raises on purpose.
+
+    Attributes:
+        hint: One sentence saying how to fix the problem.
+        exit_code: The exit status the CLI uses for this error.
+    """
+
+    exit_code: int = 2
+
+    def __init__(self, message: str, *, hint: str = "") -> None:
+        super().__init__(message)
+        self.hint = hint
+
+    def one_line(self) -> str:
+        """The message and the hint as a single line, as the CLI prints it."""
+        text = str(self).replace("\n", " ")
+        return f"{text}; {self.hint}" if self.hint else text
+
+
+class ModelNotFoundError(BakesteerError, FileNotFoundError):
+    """The model is neither a local directory, a ``.gguf`` file nor a reachable Hub repository."""
+
+    def __init__(self, model: str, *, reason: str = "", hint: str = "") -> None:
+        self.model = model
+        self.reason = reason
+        message = f"model not found: {model!r}" + (f" ({reason})" if reason else "")
+        super().__init__(
+            message,
+            hint=hint
+            or "pass a local directory with config.json, a .gguf file, or a Hub id you can reach "
+            "(unset HF_HUB_OFFLINE to download, or log in with `hf auth login` for gated repos)",
+        )
+
+
+class UnsupportedCheckpointError(BakesteerError, ValueError):
+    """The checkpoint exists but bakesteer will not read it (pickle-only, quantized, no weights...)."""
+
+    def __init__(self, model: str, *, reason: str, hint: str) -> None:
+        self.model = model
+        self.reason = reason
+        super().__init__(f"cannot read {model!r}: {reason}", hint=hint)
+
+
+class UnsupportedArchitectureError(BakesteerError, ValueError):
+    """No registry entry bakes this ``model_type`` exactly."""
+
+    def __init__(self, model_type: str, supported: Sequence[str], *, reason: str = "") -> None:
+        self.model_type = model_type
+        self.supported = sorted(supported)
+        why = f": {reason}" if reason else ""
+        super().__init__(
+            f"unsupported architecture {model_type!r}{why} (supported: {', '.join(self.supported)})",
+            hint="to add a family, add an entry to bakesteer/architectures/registry.py and a tiny fixture in "
+            "tests/fixtures.py",
+        )
+
+
+class OptionError(BakesteerError, ValueError):
+    """An option value is invalid (alpha, layers, batch size, dtype, ...)."""
+
+    def __init__(self, option: str, value: Any, *, reason: str, hint: str) -> None:
+        self.option = option
+        self.value = value
+        self.reason = reason
+        super().__init__(f"invalid {option} {value!r}: {reason}", hint=hint)
+
+
+class PromptSetError(BakesteerError, ValueError):
+    """A prompt file is missing, unreadable, in an unknown format or too small."""
+
+    def __init__(self, path: str | Path, *, reason: str, hint: str) -> None:
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(f"prompt set {self.path}: {reason}", hint=hint)
+
+
+class VectorFileError(BakesteerError, ValueError):
+    """A ``--vector`` file is missing, malformed or made for another model."""
+
+    def __init__(self, path: str | Path, *, reason: str, hint: str) -> None:
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(f"vector file {self.path}: {reason}", hint=hint)
+
+
+class DirectionError(BakesteerError, ArithmeticError):
+    """The difference of means at a layer is zero or not finite, so it has no direction."""
+
+    def __init__(self, layer: int, norm: float) -> None:
+        self.layer = layer
+        self.norm = norm
+        super().__init__(
+            f"the steering direction at layer {layer} is degenerate (|pos - neg| = {norm:g})",
+            hint="use positive and negative prompt sets that differ, or a dtype with more precision (--dtype float32)",
+        )
+
+
+class OutputExistsError(BakesteerError, FileExistsError):
+    """The output directory exists and is not empty."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = str(path)
+        super().__init__(
+            f"output directory {self.path} already exists and is not empty",
+            hint="choose another --output, or pass --overwrite to replace it",
+        )
+
+
+class ValidationError(BakesteerError, AssertionError):
+    """The baked checkpoint, reloaded from disk, does not reproduce the hooked model.
+
+    Attributes:
+        check: Which check failed (``keys``, ``logits``, ``greedy``, ``no-op``, ``config``, ``bias``).
+        report: The validation report as a dict (every number measured so far).
+    """
+
+    exit_code = 3
+
+    def __init__(self, check: str, detail: str, *, report: dict[str, Any] | None = None) -> None:
+        self.check = check
+        self.detail = detail
+        self.report = report or {}
+        super().__init__(
+            f"validation failed ({check}): {detail}; nothing was written",
+            hint="rerun with --debug and report the bakesteer.json validation numbers",
+        )

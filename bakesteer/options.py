@@ -1,0 +1,189 @@
+"""The one definition of every conversion option.
+
+:class:`ConvertOptions` is a frozen dataclass; each field's ``metadata`` carries its CLI help and flag, so the click
+options (``bakesteer.cli``), the library keywords (``convert(..., options)``), ``bakesteer.json`` and (later) the
+model card all come from this single list and cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+from bakesteer.errors import OptionError
+
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+DEFAULT_LAYERS = "0.4:0.9"
+
+
+def _opt(default: Any, help: str, *, group: str, flag: str | None = None, **extra: Any) -> Any:
+    return field(default=default, metadata={"help": help, "group": group, "flag": flag, **extra})
+
+
+@dataclass(frozen=True)
+class ConvertOptions:
+    """Every option of a conversion. Groups: ``calibration`` (what the vector depends on), ``bake``, ``validation``, ``runtime``.
+
+    Construct it with keywords; :meth:`check` validates what can be validated without the model.
+    """
+
+    alpha: float = _opt(
+        1.0,
+        "Steering strength k: the offset at layer l is k * mu_l / sqrt(d_model) * c_l. k > 0 pushes towards the "
+        "positive set (default: refusal), k < 0 away; around |k| = 3 models collapse.",
+        group="bake",
+    )
+    layers: str = _opt(
+        DEFAULT_LAYERS,
+        "Layers to steer: fractions of depth 'START:END' (end excluded, rounded half up) or 0-based indices "
+        "'FIRST-LAST' (inclusive) or a single index.",
+        group="bake",
+    )
+    positive: Path | None = _opt(
+        None,
+        "Positive prompt set (.txt one per line, .jsonl with prompt/text/instruction, .csv with a header). "
+        "Default: the shipped harmful requests.",
+        group="calibration",
+        path=True,
+    )
+    negative: Path | None = _opt(
+        None, "Negative prompt set, same formats. Default: the shipped harmless requests.", group="calibration", path=True
+    )
+    chat_template: bool = _opt(
+        True,
+        "Apply the tokenizer's chat template (with the generation prompt) to every prompt, when it has one.",
+        group="calibration",
+        flag="--chat-template/--no-chat-template",
+    )
+    vector: Path | None = _opt(
+        None,
+        "Reuse a saved steering.safetensors (from `bakesteer vector` or an earlier convert): no calibration.",
+        group="bake",
+        path=True,
+    )
+    revision: str | None = _opt(None, "Hub revision (branch, tag or commit) of MODEL.", group="runtime")
+    dtype: str = _opt(
+        "auto",
+        "Output and compute dtype: auto keeps the checkpoint's (float32 for GGUF, which is dequantized).",
+        group="runtime",
+        choices=DTYPES,
+    )
+    device: str = _opt("cpu", "Torch device for calibration and validation (cpu, cuda, cuda:1, mps, auto).", group="runtime")
+    batch_size: int = _opt(8, "Prompts per forward pass. Results do not depend on it.", group="runtime")
+    seed: int = _opt(0, "Seed for torch (recorded; the method itself is deterministic).", group="runtime")
+    probes: int = _opt(8, "Held-out prompts used to validate the baked checkpoint (half from each set).", group="validation")
+    greedy_tokens: int = _opt(32, "Tokens of greedy continuation compared during validation.", group="validation")
+    overwrite: bool = _opt(False, "Replace an existing, non-empty output directory.", group="runtime")
+
+    # ------------------------------------------------------------------ helpers
+
+    @classmethod
+    def fields_in(cls, *groups: str) -> list[dataclasses.Field[Any]]:
+        """The dataclass fields that belong to any of ``groups`` (all fields when none are given)."""
+        return [f for f in dataclasses.fields(cls) if not groups or f.metadata["group"] in groups]
+
+    def replace(self, **changes: Any) -> ConvertOptions:
+        """A copy with ``changes`` applied."""
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict of every option; paths are reduced to their file names (no local paths leak)."""
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            out[f.name] = Path(value).name if isinstance(value, Path) else value
+        return out
+
+    def check(self) -> None:
+        """Validate what can be validated without a model.
+
+        Raises:
+            OptionError: for a non-finite alpha, a malformed band, an unknown dtype or a non-positive count.
+        """
+        if not isinstance(self.alpha, (int, float)) or not math.isfinite(self.alpha):
+            raise OptionError("--alpha", self.alpha, reason="must be a finite number", hint="pass e.g. --alpha 1")
+        parse_layers(self.layers, None)
+        if self.dtype not in DTYPES:
+            raise OptionError("--dtype", self.dtype, reason="unknown dtype", hint=f"use one of {', '.join(DTYPES)}")
+        for name in ("batch_size", "probes", "greedy_tokens"):
+            if int(getattr(self, name)) < 1:
+                flag = "--" + name.replace("_", "-")
+                raise OptionError(flag, getattr(self, name), reason="must be at least 1", hint=f"pass {flag} 1 or more")
+        if self.probes < 2:
+            raise OptionError("--probes", self.probes, reason="needs one prompt from each set", hint="pass --probes 2 or more")
+
+
+def _round_half_up(x: Fraction) -> int:
+    return math.floor(x + Fraction(1, 2))
+
+
+def parse_layers(spec: str, num_layers: int | None) -> tuple[int, int]:
+    """Parse a band specification into a half-open range ``[start, end)`` of 0-based layer indices.
+
+    ``"0.4:0.9"`` means ``round(0.4 L) <= l < round(0.9 L)`` with exact rational arithmetic and rounding half up
+    (so 0.9 * 30 is exactly 27, not 26.999...). ``"12-26"`` is inclusive; ``"5"`` is one layer.
+
+    Args:
+        spec: The band, as given to ``--layers``.
+        num_layers: Depth of the model; ``None`` checks only the syntax.
+
+    Returns:
+        ``(start, end)`` with ``0 <= start < end <= num_layers``.
+
+    Raises:
+        OptionError: malformed, empty or out of range.
+    """
+    hint = "use fractions like --layers 0.4:0.9 or inclusive indices like --layers 12-26"
+    text = str(spec).strip()
+    try:
+        if ":" in text:
+            lo_s, hi_s = text.split(":", 1)
+            lo, hi = Fraction(lo_s.strip()), Fraction(hi_s.strip())
+            if not (0 <= lo < hi <= 1):
+                raise OptionError("--layers", spec, reason="fractions must satisfy 0 <= start < end <= 1", hint=hint)
+            if num_layers is None:
+                return (0, 1)
+            start, end = _round_half_up(lo * num_layers), _round_half_up(hi * num_layers)
+            if start >= end:
+                raise OptionError(
+                    "--layers", spec, reason=f"selects no layer of a {num_layers}-layer model", hint=hint
+                )
+            return (start, end)
+        if "-" in text.lstrip("-"):
+            first_s, last_s = text.split("-", 1)
+            first, last = int(first_s), int(last_s)
+        else:
+            first = last = int(text)
+    except (ValueError, ZeroDivisionError):
+        raise OptionError("--layers", spec, reason="cannot parse", hint=hint) from None
+    if first < 0 or last < first:
+        raise OptionError("--layers", spec, reason="indices must satisfy 0 <= first <= last", hint=hint)
+    if num_layers is not None and last >= num_layers:
+        raise OptionError(
+            "--layers", spec, reason=f"layer {last} is out of range for a {num_layers}-layer model (0-{num_layers - 1})",
+            hint=hint,
+        )
+    return (first, last + 1)
+
+
+def check_alpha_for_model(alpha: float, d_model: int) -> None:
+    """Refuse an alpha whose offset would be as large as the residual stream itself.
+
+    The offset's norm relative to the mean residual norm is ``|k| / sqrt(d_model)``; at 1 the steering replaces
+    the signal rather than nudging it (models already collapse near k = 3).
+
+    Raises:
+        OptionError: when ``|alpha| >= sqrt(d_model)``.
+    """
+    limit = math.sqrt(d_model)
+    if abs(alpha) >= limit:
+        raise OptionError(
+            "--alpha",
+            alpha,
+            reason=f"|alpha| >= sqrt(d_model) = {limit:.3g}: the offset would be as large as the residual stream",
+            hint="models collapse near |alpha| = 3; pass a value like --alpha 1",
+        )

@@ -1,0 +1,299 @@
+"""``convert()``: the pipeline, top to bottom.
+
+resolve -> check options against the config -> load -> calibrate (or reuse a vector) -> offsets -> reference outputs
+(hooked, base, float32 floor) -> free the model -> write the patched checkpoint -> reload it with plain transformers
+and validate -> metadata -> rename into place.
+"""
+
+from __future__ import annotations
+
+import copy
+import gc
+import logging
+import math
+import platform
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from bakesteer import __version__
+from bakesteer.architectures import ArchitectureSpec, spec_for
+from bakesteer.bake import BiasPlan, bias_plan
+from bakesteer.batching import pad_token_id
+from bakesteer.calibration import difference_of_means, mean_norms, residual_statistics, unit_directions
+from bakesteer.options import ConvertOptions, check_alpha_for_model, parse_layers
+from bakesteer.prompts import PromptSet, load_prompt_set, render_prompts
+from bakesteer.source import ModelSource, load_config, load_model, resolve_device, resolve_dtype, resolve_source
+from bakesteer.validation import ValidationReport, reference_outputs, validate_checkpoint
+from bakesteer.vector import VECTOR_FILENAME, SteeringVector
+from bakesteer.writer import AtomicDirectory, check_output, write_json, write_weights
+
+logger = logging.getLogger(__name__)
+
+METADATA_FILENAME = "bakesteer.json"
+
+
+@dataclass
+class ConvertResult:
+    """What :func:`convert` produced.
+
+    Attributes:
+        output: The output directory.
+        band: ``(start, end)``, end excluded.
+        alpha: ``k``.
+        offset_norms: ``{layer: |v_l|}`` for the band.
+        validation: The validation report.
+        metadata: The contents of ``bakesteer.json``.
+        seconds: Wall time.
+    """
+
+    output: Path
+    band: tuple[int, int]
+    alpha: float
+    offset_norms: dict[int, float]
+    validation: ValidationReport
+    metadata: dict[str, Any]
+    seconds: float
+
+
+@dataclass
+class _Timer:
+    stages: dict[str, float] = field(default_factory=dict)
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        logger.info("%s...", name)
+        try:
+            yield
+        finally:
+            self.stages[name] = round(time.perf_counter() - start, 3)
+
+
+def _free(*objects: Any) -> None:
+    del objects
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def calibrate(
+    model: Any, tokenizer: Any, spec: ArchitectureSpec, positive: PromptSet, negative: PromptSet, options: ConvertOptions
+) -> SteeringVector:
+    """Compute ``mu`` and the unit difference-of-means directions on the calibration parts of both sets.
+
+    Raises:
+        DirectionError: (later, in the band) when a direction is degenerate.
+    """
+    pad_id = pad_token_id(tokenizer)
+    kwargs = {"batch_size": options.batch_size, "pad_id": pad_id}
+    pos_ids = render_prompts(tokenizer, positive.calibration, chat_template=options.chat_template)
+    neg_ids = render_prompts(tokenizer, negative.calibration, chat_template=options.chat_template)
+    pos = residual_statistics(model, spec, pos_ids, desc="calibrating (positive)", **kwargs)
+    neg = residual_statistics(model, spec, neg_ids, desc="calibrating (negative)", **kwargs)
+    directions, diff_norms = unit_directions(difference_of_means(pos, neg))
+    info = {
+        "positive": positive.describe(),
+        "negative": negative.describe(),
+        "chat_template": bool(options.chat_template and getattr(tokenizer, "chat_template", None)),
+        "tokens_counted": pos.token_count + neg.token_count,
+        "excluded": "padding and position 0 of every sequence (attention sink)",
+        "residual": "output of decoder block l (0-based), before the final norm",
+        "direction": "mean last-token residual, positive minus negative, unit-normalised",
+        "compute_dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
+        "difference_norms": [round(float(n), 6) for n in diff_norms],
+    }
+    return SteeringVector(mean_norms(pos, neg), directions, str(model.config.model_type), info)
+
+
+def _prepare(model: str, options: ConvertOptions) -> tuple[ModelSource, Any, ArchitectureSpec, tuple[int, int]]:
+    options.check()
+    source = resolve_source(model, revision=options.revision)
+    config = load_config(source)
+    spec = spec_for(config)
+    band = parse_layers(options.layers, int(config.num_hidden_layers))
+    check_alpha_for_model(options.alpha, int(config.hidden_size))
+    return source, config, spec, band
+
+
+def _load(source: ModelSource, options: ConvertOptions) -> tuple[Any, Any, torch.dtype, torch.device]:
+    torch.manual_seed(options.seed)
+    dtype = resolve_dtype(options.dtype, source)
+    device = resolve_device(options.device)
+    model, tokenizer = load_model(source, dtype, device)
+    return model, tokenizer, dtype, device
+
+
+def compute_vector(model: str, output: Path, options: ConvertOptions | None = None) -> SteeringVector:
+    """Calibrate ``model`` and save only the steering vector (``mu`` and directions for every layer).
+
+    Many ``k`` variants can then share one calibration: ``convert(..., ConvertOptions(vector=output, alpha=...))``.
+
+    Raises:
+        BakesteerError: any bad input (see :mod:`bakesteer.errors`).
+    """
+    options = options or ConvertOptions()
+    output = Path(output)
+    if output.exists() and not options.overwrite:
+        from bakesteer.errors import OutputExistsError
+
+        raise OutputExistsError(output)
+    source, _, spec, _ = _prepare(model, options)
+    positive = load_prompt_set(options.positive, "positive")
+    negative = load_prompt_set(options.negative, "negative")
+    loaded, tokenizer, _, _ = _load(source, options)
+    vector = calibrate(loaded, tokenizer, spec, positive, negative, options)
+    vector.info["source"] = source.describe()
+    vector.info["bakesteer_version"] = __version__
+    partial = output.with_name(f".{output.name}.partial")
+    vector.save(partial)
+    partial.replace(output)
+    return vector
+
+
+def convert(model: str, output: Path, options: ConvertOptions | None = None) -> ConvertResult:
+    """Bake norm-calibrated steering into a copy of ``model`` and validate it.
+
+    Args:
+        model: A Hub id, a local model directory, or a ``.gguf`` file.
+        output: The directory to create (written to a hidden sibling and renamed into place when validated).
+        options: Every other choice; defaults to ``ConvertOptions()``.
+
+    Returns:
+        A :class:`ConvertResult`.
+
+    Raises:
+        BakesteerError: any bad input (see :mod:`bakesteer.errors`); ``ValidationError`` when the reloaded
+            checkpoint does not reproduce the hooked model. Nothing is left at ``output`` on failure.
+    """
+    options = options or ConvertOptions()
+    started = time.perf_counter()
+    timer = _Timer()
+    output = Path(output)
+    check_output(output.absolute(), overwrite=options.overwrite)
+    with timer.stage("resolve"):
+        source, config, spec, band = _prepare(model, options)
+    vector_file: SteeringVector | None = None
+    if options.vector is not None:
+        vector_file = SteeringVector.load(options.vector)
+        vector_file.check_fits(
+            str(config.model_type), int(config.num_hidden_layers), int(config.hidden_size), Path(options.vector).name
+        )
+    positive = load_prompt_set(options.positive, "positive")
+    negative = load_prompt_set(options.negative, "negative")
+
+    with AtomicDirectory(output, overwrite=options.overwrite) as staging:
+        with timer.stage("load"):
+            loaded, tokenizer, dtype, device = _load(source, options)
+            weights_dir, weight_files, index_file = source.directory, source.weight_files, source.index_file
+            if source.gguf_file:
+                # The GGUF is dequantized by transformers; materialise it once as safetensors so that the one
+                # file-patching writer below serves every source.
+                loaded.save_pretrained(staging.scratch)
+                from bakesteer.source import find_weights
+
+                weights_dir = staging.scratch
+                weight_files, index_file = find_weights(staging.scratch, source.model_id)
+        if vector_file is None:
+            with timer.stage("calibrate"):
+                vector = calibrate(loaded, tokenizer, spec, positive, negative, options)
+        else:
+            vector = vector_file
+        offsets = vector.offsets(band, options.alpha)
+        plan = bias_plan(loaded, spec, offsets)
+        out_config = copy.deepcopy(loaded.config)
+        for key, value in plan.config_updates.items():
+            setattr(out_config, key, value)
+        out_config.dtype = dtype
+
+        pad_id = pad_token_id(tokenizer)
+        per_set = max(1, options.probes // 2)
+        probe_prompts = list(positive.heldout[:per_set]) + list(negative.heldout[: options.probes - per_set])
+        probes = render_prompts(tokenizer, probe_prompts, chat_template=options.chat_template)
+        io = {"batch_size": options.batch_size, "pad_id": pad_id, "greedy_tokens": options.greedy_tokens}
+        with timer.stage("reference"):
+            reference = reference_outputs(loaded, spec, offsets, probes, **io)
+        generation_config = loaded.generation_config
+        _free(loaded)
+        del loaded
+
+        with timer.stage("write"):
+            written = write_weights(weights_dir, weight_files, index_file, plan, staging.path, dtype)
+            out_config.save_pretrained(staging.path)
+            generation_config.save_pretrained(staging.path)
+            tokenizer.save_pretrained(staging.path)
+        with timer.stage("validate"):
+            report = validate_checkpoint(
+                staging.path, reference, probes, expected_keys=plan.keys(), alpha=options.alpha, device=device, **io
+            )
+        gc.collect()
+        vector.save(staging.path / VECTOR_FILENAME, band=band, alpha=options.alpha)
+        offset_norms = {layer: float(offsets[layer].norm()) for layer in range(*band)}
+        metadata = _metadata(source, spec, vector, options, band, plan, offsets, written, dtype, report, timer)
+        metadata["timings_s"]["total"] = round(time.perf_counter() - started, 3)
+        write_json(staging.path / "bakesteer.json", metadata)
+        final = staging.commit()
+    return ConvertResult(
+        output=final,
+        band=band,
+        alpha=options.alpha,
+        offset_norms=offset_norms,
+        validation=report,
+        metadata=metadata,
+        seconds=time.perf_counter() - started,
+    )
+
+
+def _metadata(
+    source: ModelSource,
+    spec: ArchitectureSpec,
+    vector: SteeringVector,
+    options: ConvertOptions,
+    band: tuple[int, int],
+    plan: BiasPlan,
+    offsets: torch.Tensor,
+    written: list[str],
+    dtype: torch.dtype,
+    report: ValidationReport,
+    timer: _Timer,
+) -> dict[str, Any]:
+    import transformers
+
+    norms = [float(offsets[layer].norm()) for layer in range(*band)]
+    return {
+        "bakesteer_version": __version__,
+        "base_model": source.describe(),
+        "architecture": {
+            "model_type": spec.model_type,
+            "strategy": spec.strategy.value,
+            "runtimes": list(spec.runtimes),
+            "config_updates": plan.config_updates,
+        },
+        "method": {
+            "formula": "v_l = k * mu_l / sqrt(d_model) * c_l",
+            "k": options.alpha,
+            "d_model": vector.d_model,
+            "num_layers": vector.num_layers,
+            "band": {"start": band[0], "end_exclusive": band[1], "spec": options.layers},
+            "relative_strength": options.alpha / math.sqrt(vector.d_model),
+            "offset_norm_min": min(norms),
+            "offset_norm_max": max(norms),
+            "mu": [round(float(m), 6) for m in vector.mu],
+            "vector_reused": options.vector is not None,
+        },
+        "calibration": vector.info,
+        "options": options.to_dict(),
+        "output": {"dtype": str(dtype).removeprefix("torch."), "weight_files": written},
+        "validation": report.to_dict(),
+        "timings_s": dict(timer.stages),
+        "environment": {
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+        },
+    }

@@ -1,0 +1,172 @@
+"""Prompt sets: reading them, splitting them into calibration and held-out parts, hashing them, templating them."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import math
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from bakesteer.errors import PromptSetError
+
+#: Fewest prompts a set may have: enough for a calibration part and a held-out part of at least two each.
+MIN_PROMPTS = 8
+#: Share of each set held out from calibration (for validation probes), by hash rank.
+HELDOUT_FRACTION = 0.2
+#: Field names tried, in order, in .jsonl records and .csv headers.
+TEXT_FIELDS = ("prompt", "text", "instruction")
+DEFAULT_SETS = {"positive": "harmful.txt", "negative": "harmless.txt"}
+
+_FORMAT_HINT = ".txt (one prompt a line), .jsonl (a prompt, text or instruction field) or .csv (a header row)"
+
+
+@dataclass(frozen=True)
+class PromptSet:
+    """A deduplicated, ordered prompt set split deterministically into calibration and held-out parts.
+
+    Attributes:
+        name: ``default:harmful.txt`` for a shipped set, else the file name (never a full local path).
+        prompts: All prompts, in file order, exact duplicates removed.
+        calibration: The prompts used to compute ``mu`` and the direction.
+        heldout: The prompts kept for validation probes.
+        sha256: Hash of ``prompts`` (JSON-encoded), recorded in the metadata.
+    """
+
+    name: str
+    prompts: tuple[str, ...]
+    calibration: tuple[str, ...]
+    heldout: tuple[str, ...]
+    sha256: str
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-ready summary for ``bakesteer.json``."""
+        return {
+            "name": self.name,
+            "sha256": self.sha256,
+            "prompts": len(self.prompts),
+            "calibration": len(self.calibration),
+            "heldout": len(self.heldout),
+        }
+
+
+def _prompt_hash(prompt: str) -> str:
+    return hashlib.sha256(prompt.encode("utf-8")).hexdigest()
+
+
+def make_prompt_set(name: str, prompts: list[str]) -> PromptSet:
+    """Dedupe, check the size, and split by hash rank.
+
+    The held-out part is the ``ceil(0.2 n)`` prompts with the smallest SHA-256, so the split does not depend on the
+    order of the file and a prompt never moves between parts when others are added elsewhere in the ranking.
+
+    Raises:
+        PromptSetError: fewer than :data:`MIN_PROMPTS` distinct prompts.
+    """
+    unique = tuple(dict.fromkeys(p for p in (s.strip() for s in prompts) if p))
+    if len(unique) < MIN_PROMPTS:
+        raise PromptSetError(
+            name,
+            reason=f"has {len(unique)} distinct prompt(s), at least {MIN_PROMPTS} are needed",
+            hint=f"add prompts (a few dozen give a stable direction); formats: {_FORMAT_HINT}",
+        )
+    n_heldout = math.ceil(HELDOUT_FRACTION * len(unique))
+    ranked = sorted(unique, key=_prompt_hash)
+    heldout_set = set(ranked[:n_heldout])
+    digest = hashlib.sha256(json.dumps(list(unique), ensure_ascii=False).encode("utf-8")).hexdigest()
+    return PromptSet(
+        name=name,
+        prompts=unique,
+        calibration=tuple(p for p in unique if p not in heldout_set),
+        heldout=tuple(p for p in unique if p in heldout_set),
+        sha256=digest,
+    )
+
+
+def _pick_field(keys: list[str], path: Path) -> str:
+    for candidate in TEXT_FIELDS:
+        if candidate in keys:
+            return candidate
+    if len(keys) == 1:
+        return keys[0]
+    raise PromptSetError(
+        path.name,
+        reason=f"no prompt column among {keys}",
+        hint=f"name the column one of {', '.join(TEXT_FIELDS)}",
+    )
+
+
+def parse_prompts(text: str, path: Path) -> list[str]:
+    """Parse the text of a prompt file by its suffix (.txt, .jsonl, .csv)."""
+    suffix = path.suffix.lower()
+    if suffix == ".txt":
+        return [line for line in text.splitlines() if line.strip()]
+    if suffix == ".jsonl":
+        out: list[str] = []
+        for number, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise PromptSetError(
+                    path.name, reason=f"line {number} is not JSON ({err.msg})", hint="write one JSON object a line"
+                ) from None
+            if not isinstance(record, dict):
+                raise PromptSetError(path.name, reason=f"line {number} is not an object", hint="write objects")
+            value = record.get(_pick_field(list(record), path))
+            if not isinstance(value, str):
+                raise PromptSetError(path.name, reason=f"line {number} has no text prompt", hint="use string fields")
+            out.append(value)
+        return out
+    if suffix == ".csv":
+        reader = csv.DictReader(io.StringIO(text))
+        if not reader.fieldnames:
+            return []
+        column = _pick_field(list(reader.fieldnames), path)
+        return [row[column] or "" for row in reader]
+    raise PromptSetError(path.name, reason=f"unknown format {suffix or '(no suffix)'}", hint=f"use {_FORMAT_HINT}")
+
+
+def load_prompt_set(path: Path | None, role: str) -> PromptSet:
+    """Load a user's prompt file, or the shipped default for ``role`` (``positive`` or ``negative``).
+
+    Raises:
+        PromptSetError: missing, unreadable, unknown format, or too small.
+    """
+    if path is None:
+        filename = DEFAULT_SETS[role]
+        text = resources.files("bakesteer.data").joinpath(filename).read_text(encoding="utf-8")
+        return make_prompt_set(f"default:{filename}", text.splitlines())
+    path = Path(path)
+    if not path.is_file():
+        raise PromptSetError(path.name, reason="file not found", hint=f"check the --{role} path")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise PromptSetError(path.name, reason=f"cannot read it ({err})", hint="save it as UTF-8 text") from None
+    return make_prompt_set(path.name, parse_prompts(text, path))
+
+
+def render_prompts(tokenizer: Any, prompts: tuple[str, ...] | list[str], *, chat_template: bool) -> list[list[int]]:
+    """Token ids for each prompt.
+
+    With ``chat_template`` and a tokenizer that has one, each prompt becomes a single user turn followed by the
+    generation prompt; the template already writes the special tokens, so none are added again. Otherwise the
+    tokenizer's own special tokens (e.g. BOS) are added to the raw text.
+    """
+    templated = bool(chat_template and getattr(tokenizer, "chat_template", None))
+    ids: list[list[int]] = []
+    for prompt in prompts:
+        if templated:
+            text = tokenizer.apply_chat_template(
+                [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=False
+            )
+            ids.append(list(tokenizer(text, add_special_tokens=False)["input_ids"]))
+        else:
+            ids.append(list(tokenizer(prompt, add_special_tokens=True)["input_ids"]))
+    return ids

@@ -1,0 +1,233 @@
+"""Resolving MODEL (Hub id, local directory or ``.gguf`` file) and loading it.
+
+Only safetensors and GGUF are read; a pickle checkpoint (``.bin``, ``.pt``) can run code on load and is refused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from bakesteer.errors import ModelNotFoundError, OptionError, UnsupportedCheckpointError
+
+logger = logging.getLogger(__name__)
+
+SINGLE_FILE = "model.safetensors"
+INDEX_FILE = "model.safetensors.index.json"
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+#: Files fetched from the Hub: configs, tokenizer files, chat templates and safetensors weights; never pickles.
+HUB_PATTERNS = ["*.json", "*.safetensors", "*.model", "*.jinja", "*.txt", "*.tiktoken", "tokenizer*"]
+DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where the weights are.
+
+    Attributes:
+        kind: ``hub``, ``local`` or ``gguf``.
+        model_id: The Hub id, or the directory's or file's base name (never a full local path).
+        revision: The resolved Hub commit, the SHA-256 of a GGUF file, or ``None`` for a local directory.
+        directory: The local directory holding the files.
+        gguf_file: The GGUF file name inside ``directory``.
+        weight_files: Safetensors files, as transformers would read them (one file, or the index's shards).
+        index_file: The index file name when the weights are sharded.
+    """
+
+    kind: Literal["hub", "local", "gguf"]
+    model_id: str
+    revision: str | None
+    directory: Path
+    gguf_file: str | None = None
+    weight_files: tuple[str, ...] = ()
+    index_file: str | None = None
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-ready record for ``bakesteer.json``."""
+        return {"kind": self.kind, "model_id": self.model_id, "revision": self.revision, "gguf_file": self.gguf_file}
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 22), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def find_weights(directory: Path, model: str) -> tuple[tuple[str, ...], str | None]:
+    """The safetensors files transformers would load from ``directory``, and the index file if any.
+
+    Like transformers, a ``model.safetensors`` wins over an index beside it.
+
+    Raises:
+        UnsupportedCheckpointError: only pickle weights, only GGUF files, or no weights at all.
+    """
+    if (directory / SINGLE_FILE).is_file():
+        return (SINGLE_FILE,), None
+    if (directory / INDEX_FILE).is_file():
+        weight_map = json.loads((directory / INDEX_FILE).read_text())["weight_map"]
+        shards = tuple(sorted(set(weight_map.values())))
+        missing = [s for s in shards if not (directory / s).is_file()]
+        if missing:
+            raise UnsupportedCheckpointError(
+                model, reason=f"the index names missing shard(s) {', '.join(missing)}", hint="download every shard"
+            )
+        return shards, INDEX_FILE
+    names = [p.name for p in directory.iterdir()]
+    if any(n.endswith(PICKLE_SUFFIXES) for n in names):
+        raise UnsupportedCheckpointError(
+            model,
+            reason="only pickle weights (.bin/.pt), which can run code when loaded",
+            hint="convert it to safetensors first (e.g. load it and call save_pretrained) or pick a repo that has them",
+        )
+    ggufs = sorted(n for n in names if n.endswith(".gguf"))
+    if ggufs:
+        raise UnsupportedCheckpointError(
+            model, reason="holds GGUF files but no safetensors", hint=f"pass the .gguf file itself, e.g. {ggufs[0]}"
+        )
+    raise UnsupportedCheckpointError(model, reason="no model.safetensors or index", hint="pass a model directory")
+
+
+def _resolve_hub(model: str, revision: str | None) -> ModelSource:
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        HFValidationError,
+        HfHubHTTPError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    try:
+        path = Path(snapshot_download(model, revision=revision, allow_patterns=HUB_PATTERNS))
+    except HFValidationError:
+        raise ModelNotFoundError(model, reason="not a local path and not a valid Hub id") from None
+    except GatedRepoError:
+        raise ModelNotFoundError(
+            model, reason="gated repository", hint="accept its terms on the Hub and log in (`hf auth login`)"
+        ) from None
+    except RevisionNotFoundError:
+        raise ModelNotFoundError(
+            model, reason=f"revision {revision!r} not found", hint="pass an existing branch, tag or commit"
+        ) from None
+    except RepositoryNotFoundError:
+        raise ModelNotFoundError(model, reason="no such repository on the Hub (or it is private)") from None
+    except LocalEntryNotFoundError:
+        raise ModelNotFoundError(model, reason="not in the local cache and the Hub is offline") from None
+    except HfHubHTTPError as err:
+        raise ModelNotFoundError(model, reason=f"the Hub answered {err.response.status_code}") from None
+    # snapshot_download returns .../snapshots/<commit>: the resolved revision.
+    return ModelSource("hub", model, path.name, path, *_weights(path, model))
+
+
+def _weights(directory: Path, model: str) -> tuple[None, tuple[str, ...], str | None]:
+    files, index = find_weights(directory, model)
+    return None, files, index
+
+
+def resolve_source(model: str, *, revision: str | None = None) -> ModelSource:
+    """Resolve MODEL to local files.
+
+    Args:
+        model: A local directory with ``config.json``, a ``.gguf`` file, or a Hub id.
+        revision: Hub branch, tag or commit (Hub ids only).
+
+    Raises:
+        ModelNotFoundError: nothing at that path or id.
+        UnsupportedCheckpointError: found, but not readable (pickle-only, no weights).
+    """
+    path = Path(model).expanduser()
+    if path.is_file():
+        if path.suffix.lower() != ".gguf":
+            raise UnsupportedCheckpointError(
+                path.name,
+                reason="a single file that is not .gguf",
+                hint="pass a model directory, a Hub id or a .gguf file",
+            )
+        return ModelSource("gguf", path.name, _sha256(path), path.parent, gguf_file=path.name)
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ModelNotFoundError(path.name, reason="the directory has no config.json")
+        return ModelSource("local", path.resolve().name, None, path, *_weights(path, path.name))
+    if model.endswith(".gguf") or model.startswith((".", "/", "~")) or model.count("/") > 1:
+        raise ModelNotFoundError(model, reason="no such file or directory")
+    return _resolve_hub(model, revision)
+
+
+def load_config(source: ModelSource) -> Any:
+    """The parsed transformers config (``AutoConfig``: some families rewrite fields while parsing)."""
+    from transformers import AutoConfig
+
+    kwargs = {"gguf_file": source.gguf_file} if source.gguf_file else {}
+    config = AutoConfig.from_pretrained(source.directory, **kwargs)
+    if getattr(config, "quantization_config", None):
+        raise UnsupportedCheckpointError(
+            source.model_id,
+            reason="the checkpoint is quantized",
+            hint="pass the unquantized model (a baked bias must be added to full-precision weights)",
+        )
+    return config
+
+
+def checkpoint_dtype(source: ModelSource) -> torch.dtype:
+    """The dtype most floating tensors of the checkpoint are stored in (float32 for GGUF, which is dequantized)."""
+    if source.gguf_file:
+        return torch.float32
+    from safetensors import safe_open
+
+    counts: Counter[torch.dtype] = Counter()
+    with safe_open(str(source.directory / source.weight_files[0]), framework="pt") as handle:
+        for key in handle.keys():
+            dtype = handle.get_slice(key).get_dtype()
+            torch_dtype = {"F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16}.get(dtype)
+            if torch_dtype is not None:
+                counts[torch_dtype] += 1
+    return counts.most_common(1)[0][0] if counts else torch.float32
+
+
+def resolve_dtype(name: str, source: ModelSource) -> torch.dtype:
+    """``auto`` means the checkpoint's dtype; otherwise the named one."""
+    if name == "auto":
+        return checkpoint_dtype(source)
+    if name not in DTYPES:
+        raise OptionError("--dtype", name, reason="unknown dtype", hint=f"use auto or one of {', '.join(DTYPES)}")
+    return DTYPES[name]
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` picks CUDA, then MPS, then CPU; anything else must be a device torch knows and has."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise OptionError("--device", name, reason="unknown device", hint="use cpu, cuda, cuda:N, mps or auto") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise OptionError("--device", name, reason="CUDA is not available here", hint="use --device cpu")
+    return device
+
+
+def load_model(source: ModelSource, dtype: torch.dtype, device: torch.device) -> tuple[Any, Any]:
+    """Load the ``*ForCausalLM`` model (eval mode, on ``device``) and its tokenizer with plain transformers."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    kwargs: dict[str, Any] = {"gguf_file": source.gguf_file} if source.gguf_file else {"use_safetensors": True}
+    logger.info("loading %s (%s) as %s on %s", source.model_id, source.kind, dtype, device)
+    model = AutoModelForCausalLM.from_pretrained(source.directory, dtype=dtype, **kwargs)
+    model.to(device).eval()
+    tokenizer = AutoTokenizer.from_pretrained(source.directory, **kwargs)
+    tokenizer.padding_side = "left"
+    return model, tokenizer
