@@ -139,26 +139,27 @@ def parse_layers(spec: str, num_layers: int | None) -> tuple[int, int]:
     """
     hint = "use fractions like --layers 0.4:0.9 or inclusive indices like --layers 12-26"
     text = str(spec).strip()
-    try:
-        if ":" in text:
-            lo_s, hi_s = text.split(":", 1)
+    if ":" in text:
+        lo_s, hi_s = text.split(":", 1)
+        try:
             lo, hi = Fraction(lo_s.strip()), Fraction(hi_s.strip())
-            if not (0 <= lo < hi <= 1):
-                raise OptionError("--layers", spec, reason="fractions must satisfy 0 <= start < end <= 1", hint=hint)
-            if num_layers is None:
-                return (0, 1)
-            start, end = _round_half_up(lo * num_layers), _round_half_up(hi * num_layers)
-            if start >= end:
-                raise OptionError(
-                    "--layers", spec, reason=f"selects no layer of a {num_layers}-layer model", hint=hint
-                )
-            return (start, end)
+        except (ValueError, ZeroDivisionError):
+            raise OptionError("--layers", spec, reason="cannot parse", hint=hint) from None
+        if not (0 <= lo < hi <= 1):
+            raise OptionError("--layers", spec, reason="fractions must satisfy 0 <= start < end <= 1", hint=hint)
+        if num_layers is None:
+            return (0, 1)
+        start, end = _round_half_up(lo * num_layers), _round_half_up(hi * num_layers)
+        if start >= end:
+            raise OptionError("--layers", spec, reason=f"selects no layer of a {num_layers}-layer model", hint=hint)
+        return (start, end)
+    try:
         if "-" in text.lstrip("-"):
             first_s, last_s = text.split("-", 1)
             first, last = int(first_s), int(last_s)
         else:
             first = last = int(text)
-    except (ValueError, ZeroDivisionError):
+    except ValueError:
         raise OptionError("--layers", spec, reason="cannot parse", hint=hint) from None
     if first < 0 or last < first:
         raise OptionError("--layers", spec, reason="indices must satisfy 0 <= first <= last", hint=hint)

@@ -31,7 +31,7 @@ from bakesteer.prompts import PromptSet, load_prompt_set, render_prompts
 from bakesteer.source import ModelSource, load_config, load_model, resolve_device, resolve_dtype, resolve_source
 from bakesteer.validation import ValidationReport, reference_outputs, validate_checkpoint
 from bakesteer.vector import VECTOR_FILENAME, SteeringVector
-from bakesteer.writer import AtomicDirectory, check_output, write_json, write_weights
+from bakesteer.writer import AtomicDirectory, check_output, normalise_modes, save_state_dict, write_json, write_weights
 
 logger = logging.getLogger(__name__)
 
@@ -192,13 +192,10 @@ def convert(model: str, output: Path, options: ConvertOptions | None = None) -> 
             loaded, tokenizer, dtype, device = _load(source, options)
             weights_dir, weight_files, index_file = source.directory, source.weight_files, source.index_file
             if source.gguf_file:
-                # The GGUF is dequantized by transformers; materialise it once as safetensors so that the one
-                # file-patching writer below serves every source.
-                loaded.save_pretrained(staging.scratch)
-                from bakesteer.source import find_weights
-
+                # The GGUF is dequantized by transformers (which then refuses save_pretrained); materialise it once
+                # as safetensors so that the one file-patching writer below serves every source.
                 weights_dir = staging.scratch
-                weight_files, index_file = find_weights(staging.scratch, source.model_id)
+                weight_files, index_file = save_state_dict(loaded.state_dict(), staging.scratch)
         if vector_file is None:
             with timer.stage("calibrate"):
                 vector = calibrate(loaded, tokenizer, spec, positive, negative, options)
@@ -236,7 +233,8 @@ def convert(model: str, output: Path, options: ConvertOptions | None = None) -> 
         offset_norms = {layer: float(offsets[layer].norm()) for layer in range(*band)}
         metadata = _metadata(source, spec, vector, options, band, plan, offsets, written, dtype, report, timer)
         metadata["timings_s"]["total"] = round(time.perf_counter() - started, 3)
-        write_json(staging.path / "bakesteer.json", metadata)
+        write_json(staging.path / METADATA_FILENAME, metadata)
+        normalise_modes(staging.path)
         final = staging.commit()
     return ConvertResult(
         output=final,

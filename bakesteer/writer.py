@@ -208,6 +208,54 @@ def _slice_nbytes(tensor_slice: Any) -> int:
     return count * _ITEMSIZE.get(tensor_slice.get_dtype(), 1)
 
 
+def save_state_dict(
+    state: dict[str, torch.Tensor], directory: Path, *, max_shard_bytes: int = 5 * 1024**3
+) -> tuple[tuple[str, ...], str | None]:
+    """Save a state dict as safetensors, sharded at ``max_shard_bytes`` with an index when it needs several files.
+
+    Tensors that share storage with an earlier one (tied embeddings) are saved once; the config's tie flag
+    re-ties them on load. Used to materialise a dequantized GGUF model, which ``save_pretrained`` refuses.
+
+    Returns:
+        ``(weight_files, index_file)`` as :func:`bakesteer.source.find_weights` would return them.
+    """
+    seen: set[tuple[int, int]] = set()
+    shards: list[dict[str, torch.Tensor]] = [{}]
+    size = 0
+    for key, tensor in state.items():
+        ident = (tensor.untyped_storage().data_ptr(), tensor.storage_offset())
+        if ident in seen:
+            continue
+        seen.add(ident)
+        nbytes = tensor.numel() * tensor.element_size()
+        if shards[-1] and size + nbytes > max_shard_bytes:
+            shards.append({})
+            size = 0
+        shards[-1][key] = tensor.detach().contiguous().cpu()
+        size += nbytes
+    metadata = {"format": "pt"}
+    if len(shards) == 1:
+        save_file(shards[0], str(directory / SINGLE_FILE), metadata=metadata)
+        return (SINGLE_FILE,), None
+    names = tuple(f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards)))
+    weight_map = {}
+    for name, shard in zip(names, shards):
+        save_file(shard, str(directory / name), metadata=metadata)
+        weight_map.update(dict.fromkeys(shard, name))
+    index = {"metadata": {"total_size": sum(_nbytes(s) for s in shards)}, "weight_map": weight_map}
+    (directory / INDEX_FILE).write_text(json.dumps(index, indent=2) + "\n")
+    return names, INDEX_FILE
+
+
 def write_json(path: Path, data: dict[str, Any]) -> None:
     """Write ``data`` as indented, key-sorted JSON with a trailing newline."""
     path.write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def normalise_modes(directory: Path) -> None:
+    """Give written files the usual mode (0666 less the umask): safetensors creates its files 0600."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in directory.iterdir():
+        if path.is_file() and path.stat().st_nlink == 1:  # leave hard-linked source shards as they are
+            path.chmod(0o666 & ~umask)

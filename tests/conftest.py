@@ -1,0 +1,57 @@
+"""Shared fixtures: tiny config-built models saved to disk, small prompt files. No network."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+sys.path.insert(0, str(Path(__file__).parent))
+
+from fixtures import llama_config, save_model  # noqa: E402
+
+from bakesteer.progress import set_progress_bars  # noqa: E402
+
+set_progress_bars(False)
+
+
+@pytest.fixture(scope="session")
+def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("models")
+
+
+@pytest.fixture(scope="session")
+def llama_dir(models_dir: Path) -> Path:
+    """Tiny Llama, untied embeddings, float32, one safetensors file."""
+    return save_model(llama_config(), models_dir / "llama")
+
+
+@pytest.fixture(scope="session")
+def llama_tied_dir(models_dir: Path) -> Path:
+    """Tiny Llama with tied embeddings (like SmolLM2 and Llama 3.2)."""
+    return save_model(llama_config(tie_word_embeddings=True), models_dir / "llama-tied", seed=1)
+
+
+@pytest.fixture(scope="session")
+def llama_sharded_dir(models_dir: Path) -> Path:
+    """Tiny Llama saved in several shards with an index."""
+    return save_model(llama_config(), models_dir / "llama-sharded", max_shard_size="60KB", seed=2)
+
+
+@pytest.fixture(scope="session")
+def prompt_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """Small positive/negative .txt sets (12 prompts each) drawn from the shipped defaults, for fast calibration."""
+    from importlib import resources
+
+    folder = tmp_path_factory.mktemp("prompts")
+    out = []
+    for name in ("harmful.txt", "harmless.txt"):
+        lines = resources.files("bakesteer.data").joinpath(name).read_text().splitlines()[:12]
+        path = folder / name
+        path.write_text("\n".join(lines) + "\n")
+        out.append(path)
+    return out[0], out[1]
