@@ -1,0 +1,127 @@
+"""Every bad input: one line naming the problem and the fix, a non-zero exit, no traceback, nothing written."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from bakesteer.cli import main
+
+
+def run(*args: str) -> tuple[int, str, str]:
+    result = CliRunner().invoke(main, list(args))
+    return result.exit_code, result.stdout, result.stderr
+
+
+@pytest.fixture(scope="module")
+def bad_models(models_dir: Path) -> dict[str, Path]:
+    import torch
+    from fixtures import save_model
+    from transformers import MistralConfig
+
+    mistral = save_model(
+        MistralConfig(vocab_size=384, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2),
+        models_dir / "mistral",
+    )
+    pickle_only = models_dir / "pickled"
+    pickle_only.mkdir()
+    (pickle_only / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    torch.save({"w": torch.zeros(2)}, pickle_only / "pytorch_model.bin")
+    no_config = models_dir / "no-config"
+    no_config.mkdir()
+    return {"mistral": mistral, "pickle": pickle_only, "no_config": no_config}
+
+
+def _cases(llama: Path, bad: dict[str, Path], tmp: Path) -> list[tuple[list[str], str, int]]:
+    empty = tmp / "empty.txt"
+    empty.write_text("")
+    small = tmp / "small.txt"
+    small.write_text("one\ntwo\nthree\n")
+    existing = tmp / "existing"
+    existing.mkdir()
+    (existing / "keep.txt").write_text("x")
+    out = str(tmp / "out")
+    m = str(llama)
+    return [
+        ([str(tmp / "nope"), "-o", out], "model not found", 2),
+        (["nobody/../x", "-o", out], "model not found", 2),
+        ([str(tmp / "missing.gguf"), "-o", out], "no such file", 2),
+        ([str(bad["no_config"]), "-o", out], "no config.json", 2),
+        ([str(bad["pickle"]), "-o", out], "pickle", 2),
+        ([str(bad["mistral"]), "-o", out], "unsupported architecture 'mistral'", 2),
+        ([m, "-o", out, "--alpha", "nan"], "must be a finite number", 2),
+        ([m, "-o", out, "--alpha", "inf"], "must be a finite number", 2),
+        ([m, "-o", out, "--alpha", "100"], "sqrt(d_model)", 2),
+        ([m, "-o", out, "--positive", str(empty)], "has 0 distinct", 2),
+        ([m, "-o", out, "--negative", str(small)], "has 3 distinct", 2),
+        ([m, "-o", out, "--positive", str(tmp / "absent.txt")], "file not found", 2),
+        ([m, "-o", out, "--layers", "3-9"], "out of range for a 5-layer model", 2),
+        ([m, "-o", out, "--layers", "0.9:0.1"], "0 <= start < end <= 1", 2),
+        ([m, "-o", str(existing)], "already exists", 2),
+        ([m, "-o", out, "--batch-size", "0"], "must be at least 1", 2),
+        ([m, "-o", out, "--vector", str(tmp / "absent.safetensors")], "vector file", 2),
+        ([m, "-o", out, "--device", "cuda:0"], "CUDA is not available", 2),
+    ]
+
+
+def test_bad_inputs(llama_dir: Path, bad_models: dict[str, Path], tmp_path: Path) -> None:
+    for args, message, code in _cases(llama_dir, bad_models, tmp_path):
+        exit_code, stdout, stderr = run("convert", *args)
+        assert exit_code == code, (args, stderr)
+        lines = stderr.strip().splitlines()
+        assert len(lines) == 1, (args, stderr)
+        assert lines[0].startswith("bakesteer: error: ") and message in lines[0], (args, lines[0])
+        assert "; " in lines[0], "the line names a fix after the problem"
+        assert "Traceback" not in stderr and stdout == ""
+        assert not (tmp_path / "out").exists()
+    assert (tmp_path / "existing" / "keep.txt").read_text() == "x"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty.txt", "existing", "small.txt"]
+
+
+def test_debug_shows_the_traceback(tmp_path: Path) -> None:
+    result = CliRunner().invoke(main, ["convert", str(tmp_path / "nope"), "-o", str(tmp_path / "o"), "--debug"])
+    assert result.exit_code != 0
+    from bakesteer.errors import ModelNotFoundError
+
+    assert isinstance(result.exception, ModelNotFoundError)
+
+
+def test_convert_summary_and_quiet(llama_dir: Path, prompt_files, tmp_path: Path) -> None:
+    common = ["--positive", str(prompt_files[0]), "--negative", str(prompt_files[1])]
+    code, stdout, stderr = run("convert", str(llama_dir), "-o", str(tmp_path / "a"), "--alpha", "-1", *common)
+    assert code == 0, stderr
+    assert "baked k=-1 into layers 2-4 (3 of 5)" in stdout
+    assert "validation (float32)" in stdout and "greedy 32 tokens equal" in stdout
+    code, stdout, stderr = run("convert", str(llama_dir), "-o", str(tmp_path / "b"), "--quiet", *common)
+    assert code == 0 and stdout == "" and stderr == ""
+
+
+def test_vector_command(llama_dir: Path, prompt_files, tmp_path: Path) -> None:
+    vec = tmp_path / "v.safetensors"
+    common = ["--positive", str(prompt_files[0]), "--negative", str(prompt_files[1])]
+    code, stdout, _ = run("vector", str(llama_dir), "-o", str(vec), *common)
+    assert code == 0 and "5-layer vector" in stdout and vec.is_file()
+    code, _, stderr = run("vector", str(llama_dir), "-o", str(vec), *common)
+    assert code == 2 and "already exists" in stderr  # never overwrites a user's file silently
+    code, stdout, stderr = run("convert", str(llama_dir), "-o", str(tmp_path / "o"), "--vector", str(vec), *common)
+    assert code == 0, stderr
+
+
+def test_console_script_help_is_light_and_errors_are_one_line(tmp_path: Path) -> None:
+    exe = Path(sys.executable).parent / "bakesteer"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    code = ("import sys, bakesteer.cli; sys.argv = ['bakesteer', '--help']\ntry:\n    bakesteer.cli.main()\n"
+            "except SystemExit:\n    pass\nprint(sorted(m for m in ('torch', 'transformers') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    assert out.stdout.strip().endswith("[]"), "bakesteer --help must not import torch or transformers"
+    proc = subprocess.run([str(exe), "convert", str(tmp_path / "nope"), "-o", str(tmp_path / "o")],
+                          capture_output=True, text=True, env=env)
+    assert proc.returncode == 2
+    assert proc.stderr.count("\n") == 1 and "model not found" in proc.stderr and "Traceback" not in proc.stderr
