@@ -12,6 +12,7 @@ import gc
 import logging
 import math
 import platform
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -28,10 +29,18 @@ from bakesteer.batching import pad_token_id
 from bakesteer.calibration import difference_of_means, mean_norms, residual_statistics, unit_directions
 from bakesteer.options import ConvertOptions, check_alpha_for_model, parse_layers
 from bakesteer.prompts import PromptSet, load_prompt_set, render_prompts
-from bakesteer.source import ModelSource, load_config, load_model, resolve_device, resolve_dtype, resolve_source
+from bakesteer.source import (
+    ModelSource,
+    load_config,
+    load_model,
+    materialize_gguf,
+    resolve_device,
+    resolve_dtype,
+    resolve_source,
+)
 from bakesteer.validation import ValidationReport, reference_outputs, validate_checkpoint
 from bakesteer.vector import VECTOR_FILENAME, SteeringVector
-from bakesteer.writer import AtomicDirectory, check_output, normalise_modes, save_state_dict, write_json, write_weights
+from bakesteer.writer import AtomicDirectory, check_output, normalise_modes, write_json, write_weights
 
 logger = logging.getLogger(__name__)
 
@@ -146,8 +155,14 @@ def compute_vector(model: str, output: Path, options: ConvertOptions | None = No
     source, _, spec, _ = _prepare(model, options)
     positive = load_prompt_set(options.positive, "positive")
     negative = load_prompt_set(options.negative, "negative")
-    loaded, tokenizer, _, _ = _load(source, options)
-    vector = calibrate(loaded, tokenizer, spec, positive, negative, options)
+    output.absolute().parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".bakesteer-", dir=output.absolute().parent) as scratch:
+        if source.gguf_file:
+            source = materialize_gguf(source, resolve_dtype(options.dtype, source), Path(scratch))
+        loaded, tokenizer, _, _ = _load(source, options)
+        vector = calibrate(loaded, tokenizer, spec, positive, negative, options)
+        _free(loaded)
+        del loaded
     vector.info["source"] = source.describe()
     vector.info["bakesteer_version"] = __version__
     partial = output.with_name(f".{output.name}.partial")
@@ -188,14 +203,12 @@ def convert(model: str, output: Path, options: ConvertOptions | None = None) -> 
     negative = load_prompt_set(options.negative, "negative")
 
     with AtomicDirectory(output, overwrite=options.overwrite) as staging:
+        if source.gguf_file:
+            with timer.stage("dequantize"):
+                source = materialize_gguf(source, resolve_dtype(options.dtype, source), staging.scratch)
+                _free()
         with timer.stage("load"):
             loaded, tokenizer, dtype, device = _load(source, options)
-            weights_dir, weight_files, index_file = source.directory, source.weight_files, source.index_file
-            if source.gguf_file:
-                # The GGUF is dequantized by transformers (which then refuses save_pretrained); materialise it once
-                # as safetensors so that the one file-patching writer below serves every source.
-                weights_dir = staging.scratch
-                weight_files, index_file = save_state_dict(loaded.state_dict(), staging.scratch)
         if vector_file is None:
             with timer.stage("calibrate"):
                 vector = calibrate(loaded, tokenizer, spec, positive, negative, options)
@@ -220,7 +233,9 @@ def convert(model: str, output: Path, options: ConvertOptions | None = None) -> 
         del loaded
 
         with timer.stage("write"):
-            written = write_weights(weights_dir, weight_files, index_file, plan, staging.path, dtype)
+            written = write_weights(
+                source.directory, source.weight_files, source.index_file, plan, staging.path, dtype
+            )
             out_config.save_pretrained(staging.path)
             generation_config.save_pretrained(staging.path)
             tokenizer.save_pretrained(staging.path)

@@ -50,8 +50,8 @@ class ModelSource:
     index_file: str | None = None
 
     def describe(self) -> dict[str, Any]:
-        """JSON-ready record for ``bakesteer.json``."""
-        return {"kind": self.kind, "model_id": self.model_id, "revision": self.revision, "gguf_file": self.gguf_file}
+        """JSON-ready record for ``bakesteer.json`` (for a GGUF source, ``model_id`` is the file name)."""
+        return {"kind": self.kind, "model_id": self.model_id, "revision": self.revision}
 
 
 def _sha256(path: Path) -> str:
@@ -231,3 +231,29 @@ def load_model(source: ModelSource, dtype: torch.dtype, device: torch.device) ->
     tokenizer = AutoTokenizer.from_pretrained(source.directory, **kwargs)
     tokenizer.padding_side = "left"
     return model, tokenizer
+
+
+def materialize_gguf(source: ModelSource, dtype: torch.dtype, directory: Path) -> ModelSource:
+    """Dequantize a GGUF file with transformers' loader and save it as a plain safetensors model in ``directory``.
+
+    transformers keeps GGUF weights packed behind its own kernels (no ``save_pretrained``, no dtype casts), so the
+    pipeline works on this plain copy instead: it loads with plain transformers like any other source. The copy
+    is written in ``dtype``, rounded once from the float32 dequantized values.
+
+    Returns:
+        A source of the same kind, model id and revision whose files are in ``directory``.
+    """
+    import dataclasses
+
+    from bakesteer.writer import save_state_dict
+
+    model, tokenizer = load_model(source, torch.float32, torch.device("cpu"))
+    state = {key: (t.to(dtype) if t.is_floating_point() else t) for key, t in model.state_dict().items()}
+    files, index = save_state_dict(state, directory)
+    config = model.config
+    config.dtype = dtype
+    config.save_pretrained(directory)
+    model.generation_config.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    del model, state
+    return dataclasses.replace(source, directory=directory, gguf_file=None, weight_files=files, index_file=index)

@@ -78,7 +78,7 @@ def test_outputs_and_metadata(llama_dir: Path, prompt_files, tmp_path: Path) -> 
     ])
     meta = json.loads((out / "bakesteer.json").read_text())
     assert meta["bakesteer_version"] == "0.1.0"
-    assert meta["base_model"] == {"kind": "local", "model_id": "llama", "revision": None, "gguf_file": None}
+    assert meta["base_model"] == {"kind": "local", "model_id": "llama", "revision": None}
     assert meta["method"]["band"] == {"start": 1, "end_exclusive": 4, "spec": "1-3"}
     assert meta["method"]["k"] == 1.0 and meta["method"]["d_model"] == 64
     assert meta["calibration"]["positive"]["name"] == "harmful.txt"

