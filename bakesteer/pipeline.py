@@ -241,7 +241,14 @@ def convert(model: str, output: Path, options: ConvertOptions | None = None) -> 
             tokenizer.save_pretrained(staging.path)
         with timer.stage("validate"):
             report = validate_checkpoint(
-                staging.path, reference, probes, expected_keys=plan.keys(), alpha=options.alpha, device=device, **io
+                staging.path,
+                reference,
+                probes,
+                expected_keys=plan.keys(),
+                config_updates=plan.config_updates,
+                alpha=options.alpha,
+                device=device,
+                **io,
             )
         gc.collect()
         vector.save(staging.path / VECTOR_FILENAME, band=band, alpha=options.alpha)

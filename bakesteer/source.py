@@ -5,6 +5,7 @@ Only safetensors and GGUF are read; a pickle checkpoint (``.bin``, ``.pt``) can 
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import logging
@@ -250,8 +251,11 @@ def materialize_gguf(source: ModelSource, dtype: torch.dtype, directory: Path) -
     model, tokenizer = load_model(source, torch.float32, torch.device("cpu"))
     state = {key: (t.to(dtype) if t.is_floating_point() else t) for key, t in model.state_dict().items()}
     files, index = save_state_dict(state, directory)
-    config = model.config
+    config = copy.deepcopy(model.config)
     config.dtype = dtype
+    # The loader records the GGUF as a quantization method; the copy is plain, full-precision weights.
+    if hasattr(config, "quantization_config"):
+        delattr(config, "quantization_config")
     config.save_pretrained(directory)
     model.generation_config.save_pretrained(directory)
     tokenizer.save_pretrained(directory)

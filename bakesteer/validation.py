@@ -185,6 +185,7 @@ def validate_checkpoint(
     probes: list[list[int]],
     *,
     expected_keys: set[str],
+    config_updates: dict[str, Any] | None = None,
     alpha: float,
     device: torch.device,
     batch_size: int,
@@ -194,7 +195,8 @@ def validate_checkpoint(
     """Reload ``directory`` with plain transformers and compare it with ``reference``.
 
     Raises:
-        ValidationError: missing/unexpected keys, a bias absent after reload, logits beyond the tolerance, a
+        ValidationError: missing/unexpected keys, a config that does not round-trip (or reloads quantized), a
+            bias absent after reload, logits beyond the tolerance, a
             float32 greedy mismatch, or a checkpoint that equals the base although ``alpha != 0``.
     """
     from transformers import AutoModelForCausalLM
@@ -208,6 +210,13 @@ def validate_checkpoint(
     mismatched = [str(m) for m in info.get("mismatched_keys", [])]
     state_keys = set(model.state_dict())
     absent = sorted(expected_keys - state_keys)
+    config_problems = [
+        f"{key}={getattr(model.config, key, None)!r} (wrote {value!r})"
+        for key, value in (config_updates or {}).items()
+        if getattr(model.config, key, None) != value
+    ]
+    if getattr(model.config, "quantization_config", None) or getattr(model, "hf_quantizer", None):
+        config_problems.append("the reloaded model is quantized")
     baked = _outputs(
         model, probes, batch_size=batch_size, pad_id=pad_id, greedy_tokens=greedy_tokens, desc="validating"
     )
@@ -243,6 +252,8 @@ def validate_checkpoint(
             f"plain reload reported missing {missing[:3]}, unexpected {unexpected[:3]}, mismatched {mismatched[:3]}",
             report=data,
         )
+    if config_problems:
+        raise ValidationError("config", "config did not round-trip: " + ", ".join(config_problems), report=data)
     if absent:
         raise ValidationError("bias", f"{len(absent)} baked bias(es) absent after reload, e.g. {absent[0]}", report=data)
     if not math.isfinite(report.relative_diff) or report.relative_diff > tolerance:

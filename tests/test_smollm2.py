@@ -27,6 +27,8 @@ def test_smollm2_gguf_converts_and_reloads(gguf: Path, tmp_path: Path) -> None:
     assert result.band == (12, 27)
     assert v.passed and v.relative_diff <= 1e-4 and v.greedy_equal and v.base_relative_diff > 0.05
     meta = json.loads((result.output / "bakesteer.json").read_text())
+    config = json.loads((result.output / "config.json").read_text())
+    assert "quantization_config" not in config and config["mlp_bias"] is True
     assert meta["base_model"]["kind"] == "gguf" and len(meta["base_model"]["revision"]) == 64
     mu = meta["method"]["mu"]
     assert all(a < b for a, b in zip(mu[:10], mu[1:11]))  # residual norms grow with depth
