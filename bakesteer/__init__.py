@@ -4,10 +4,18 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from bakesteer.errors import BakesteerError  # noqa: E402
-from bakesteer.options import ConvertOptions  # noqa: E402
+from bakesteer.errors import BakesteerError
+from bakesteer.options import ConvertOptions
 
-__all__ = ["BakesteerError", "ConvertOptions", "ConvertResult", "SteeringVector", "__version__", "compute_vector", "convert"]
+__all__ = [
+    "BakesteerError",
+    "ConvertOptions",
+    "ConvertResult",
+    "SteeringVector",
+    "__version__",
+    "compute_vector",
+    "convert",
+]
 
 
 def __getattr__(name: str) -> object:

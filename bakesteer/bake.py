@@ -7,6 +7,7 @@ dtype; an existing bias is ``(existing in float32 + plan)`` cast once (a double-
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -45,7 +46,7 @@ def bias_plan(model: nn.Module, spec: ArchitectureSpec, offsets: torch.Tensor) -
         spec: Its registry entry.
         offsets: ``[L, d_model]`` float32, zero rows outside the band.
     """
-    layers = model.get_submodule(spec.layers)
+    layers: Any = model.get_submodule(spec.layers)
     divisor = spec.divisor(model.config)
     down_values = offsets.to(torch.float32) / divisor
     new: dict[str, torch.Tensor] = {}

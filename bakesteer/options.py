@@ -26,7 +26,9 @@ def _opt(default: Any, help: str, *, group: str, flag: str | None = None, **extr
 
 @dataclass(frozen=True)
 class ConvertOptions:
-    """Every option of a conversion. Groups: ``calibration`` (what the vector depends on), ``bake``, ``validation``, ``runtime``.
+    """Every option of a conversion.
+
+    Groups: ``calibration`` (what the vector depends on), ``bake``, ``validation``, ``runtime``.
 
     Construct it with keywords; :meth:`check` validates what can be validated without the model.
     """
@@ -51,7 +53,10 @@ class ConvertOptions:
         path=True,
     )
     negative: Path | None = _opt(
-        None, "Negative prompt set, same formats. Default: the shipped harmless requests.", group="calibration", path=True
+        None,
+        "Negative prompt set, same formats. Default: the shipped harmless requests.",
+        group="calibration",
+        path=True,
     )
     chat_template: bool = _opt(
         True,
@@ -72,10 +77,14 @@ class ConvertOptions:
         group="runtime",
         choices=DTYPES,
     )
-    device: str = _opt("cpu", "Torch device for calibration and validation (cpu, cuda, cuda:1, mps, auto).", group="runtime")
+    device: str = _opt(
+        "cpu", "Torch device for calibration and validation (cpu, cuda, cuda:1, mps, auto).", group="runtime"
+    )
     batch_size: int = _opt(8, "Prompts per forward pass. Results do not depend on it.", group="runtime")
     seed: int = _opt(0, "Seed for torch (recorded; the method itself is deterministic).", group="runtime")
-    probes: int = _opt(8, "Held-out prompts used to validate the baked checkpoint (half from each set).", group="validation")
+    probes: int = _opt(
+        8, "Held-out prompts used to validate the baked checkpoint (half from each set).", group="validation"
+    )
     greedy_tokens: int = _opt(32, "Tokens of greedy continuation compared during validation.", group="validation")
     overwrite: bool = _opt(False, "Replace an existing, non-empty output directory.", group="runtime")
 
@@ -114,7 +123,9 @@ class ConvertOptions:
                 flag = "--" + name.replace("_", "-")
                 raise OptionError(flag, getattr(self, name), reason="must be at least 1", hint=f"pass {flag} 1 or more")
         if self.probes < 2:
-            raise OptionError("--probes", self.probes, reason="needs one prompt from each set", hint="pass --probes 2 or more")
+            raise OptionError(
+                "--probes", self.probes, reason="needs one prompt from each set", hint="pass --probes 2 or more"
+            )
 
 
 def _round_half_up(x: Fraction) -> int:
@@ -165,7 +176,9 @@ def parse_layers(spec: str, num_layers: int | None) -> tuple[int, int]:
         raise OptionError("--layers", spec, reason="indices must satisfy 0 <= first <= last", hint=hint)
     if num_layers is not None and last >= num_layers:
         raise OptionError(
-            "--layers", spec, reason=f"layer {last} is out of range for a {num_layers}-layer model (0-{num_layers - 1})",
+            "--layers",
+            spec,
+            reason=f"layer {last} is out of range for a {num_layers}-layer model (0-{num_layers - 1})",
             hint=hint,
         )
     return (first, last + 1)

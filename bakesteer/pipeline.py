@@ -84,15 +84,29 @@ class _Timer:
             self.stages[name] = round(time.perf_counter() - start, 3)
 
 
-def _free(*objects: Any) -> None:
-    del objects
+def _collect() -> None:
+    """Return freed memory now (call after the last reference to a model is deleted)."""
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
 
 
+def interleave(positive: tuple[str, ...], negative: tuple[str, ...], count: int) -> list[str]:
+    """Up to ``count`` held-out prompts alternating positive, negative, ...: the first two (used for the greedy
+    continuation check) are one of each."""
+    out: list[str] = []
+    for pair in zip(positive, negative, strict=False):
+        out.extend(pair)
+    return out[:count]
+
+
 def calibrate(
-    model: Any, tokenizer: Any, spec: ArchitectureSpec, positive: PromptSet, negative: PromptSet, options: ConvertOptions
+    model: Any,
+    tokenizer: Any,
+    spec: ArchitectureSpec,
+    positive: PromptSet,
+    negative: PromptSet,
+    options: ConvertOptions,
 ) -> SteeringVector:
     """Compute ``mu`` and the unit difference-of-means directions on the calibration parts of both sets.
 
@@ -161,8 +175,8 @@ def compute_vector(model: str, output: Path, options: ConvertOptions | None = No
             source = materialize_gguf(source, resolve_dtype(options.dtype, source), Path(scratch))
         loaded, tokenizer, _, _ = _load(source, options)
         vector = calibrate(loaded, tokenizer, spec, positive, negative, options)
-        _free(loaded)
         del loaded
+        _collect()
     vector.info["source"] = source.describe()
     vector.info["bakesteer_version"] = __version__
     partial = output.with_name(f".{output.name}.partial")
@@ -206,7 +220,7 @@ def convert(model: str, output: Path, options: ConvertOptions | None = None) -> 
         if source.gguf_file:
             with timer.stage("dequantize"):
                 source = materialize_gguf(source, resolve_dtype(options.dtype, source), staging.scratch)
-                _free()
+                _collect()
         with timer.stage("load"):
             loaded, tokenizer, dtype, device = _load(source, options)
         if vector_file is None:
@@ -222,20 +236,17 @@ def convert(model: str, output: Path, options: ConvertOptions | None = None) -> 
         out_config.dtype = dtype
 
         pad_id = pad_token_id(tokenizer)
-        per_set = max(1, options.probes // 2)
-        probe_prompts = list(positive.heldout[:per_set]) + list(negative.heldout[: options.probes - per_set])
+        probe_prompts = interleave(positive.heldout, negative.heldout, options.probes)
         probes = render_prompts(tokenizer, probe_prompts, chat_template=options.chat_template)
         io = {"batch_size": options.batch_size, "pad_id": pad_id, "greedy_tokens": options.greedy_tokens}
         with timer.stage("reference"):
             reference = reference_outputs(loaded, spec, offsets, probes, **io)
         generation_config = loaded.generation_config
-        _free(loaded)
-        del loaded
+        del loaded  # the source model is gone before the written checkpoint is loaded: one model at a time
+        _collect()
 
         with timer.stage("write"):
-            written = write_weights(
-                source.directory, source.weight_files, source.index_file, plan, staging.path, dtype
-            )
+            written = write_weights(source.directory, source.weight_files, source.index_file, plan, staging.path, dtype)
             out_config.save_pretrained(staging.path)
             generation_config.save_pretrained(staging.path)
             tokenizer.save_pretrained(staging.path)

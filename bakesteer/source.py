@@ -101,8 +101,8 @@ def _resolve_hub(model: str, revision: str | None) -> ModelSource:
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import (
         GatedRepoError,
-        HFValidationError,
         HfHubHTTPError,
+        HFValidationError,
         LocalEntryNotFoundError,
         RepositoryNotFoundError,
         RevisionNotFoundError,
@@ -215,7 +215,9 @@ def resolve_device(name: str) -> torch.device:
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise OptionError("--device", name, reason="unknown device", hint="use cpu, cuda, cuda:N, mps or auto") from None
+        raise OptionError(
+            "--device", name, reason="unknown device", hint="use cpu, cuda, cuda:N, mps or auto"
+        ) from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise OptionError("--device", name, reason="CUDA is not available here", hint="use --device cpu")
     return device
@@ -227,7 +229,7 @@ def load_model(source: ModelSource, dtype: torch.dtype, device: torch.device) ->
 
     kwargs: dict[str, Any] = {"gguf_file": source.gguf_file} if source.gguf_file else {"use_safetensors": True}
     logger.info("loading %s (%s) as %s on %s", source.model_id, source.kind, dtype, device)
-    model = AutoModelForCausalLM.from_pretrained(source.directory, dtype=dtype, **kwargs)
+    model: Any = AutoModelForCausalLM.from_pretrained(source.directory, dtype=dtype, **kwargs)
     model.to(device).eval()
     tokenizer = AutoTokenizer.from_pretrained(source.directory, **kwargs)
     tokenizer.padding_side = "left"

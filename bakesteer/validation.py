@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,16 +46,23 @@ class Outputs:
 class Reference:
     """What the baked checkpoint is compared with.
 
+    Only the hooked logits are kept at every position; the rest is reduced as soon as it is measured, so the
+    reference costs one ``[tokens, vocab]`` tensor while the source model is swapped for the written one.
+
     Attributes:
         hooked: The source model with steering hooks, in the output dtype.
-        base: The source model without hooks, in the output dtype (a no-op bake must not pass).
-        hooked_fp32: The hooked model in float32, for the floor (``None`` when the output is float32).
+        base_last: The unhooked source model's logits at each probe's last token (a no-op bake must not pass).
+        lengths: Token count of each probe (rows of ``hooked.logits`` per probe).
+        floor: ``max|hooked - hooked in float32| / max|hooked in float32|`` (``None`` when the output is float32).
+        floor_greedy_equal: Whether the float32 hooked model continues the same way (``None`` in float32).
         dtype: The output dtype.
     """
 
     hooked: Outputs
-    base: Outputs
-    hooked_fp32: Outputs | None
+    base_last: torch.Tensor
+    lengths: list[int]
+    floor: float | None
+    floor_greedy_equal: bool | None
     dtype: torch.dtype
 
 
@@ -68,6 +76,7 @@ class ValidationReport:
     tolerance: float
     tolerance_basis: str
     floor_relative: float | None
+    floor_greedy_equal: bool | None
     max_abs_logit: float
     max_abs_diff: float
     relative_diff: float
@@ -86,12 +95,33 @@ class ValidationReport:
 
 
 @torch.no_grad()
-def _outputs(
-    model: nn.Module, probes: list[list[int]], *, batch_size: int, pad_id: int, greedy_tokens: int, desc: str
-) -> Outputs:
+def last_token_logits(model: Any, probes: list[list[int]], *, batch_size: int, pad_id: int, desc: str) -> torch.Tensor:
+    """Logits at each probe's last token only (``logits_to_keep=1``: no ``[tokens, vocab]`` tensor is built)."""
     device = next(model.parameters()).device
-    chunks: list[tuple[int, torch.Tensor]] = []
-    for batch in bar(left_padded_batches(probes, batch_size, pad_id), desc=desc, unit="batch"):
+    vocab = int(model.get_output_embeddings().weight.shape[0])
+    out = torch.empty(len(probes), vocab, dtype=torch.float32)
+    total = -(-len(probes) // batch_size)
+    for batch in bar(left_padded_batches(probes, batch_size, pad_id), desc=desc, total=total, unit="batch"):
+        batch = batch.to(device)
+        logits = model(
+            input_ids=batch.input_ids,
+            attention_mask=batch.attention_mask,
+            position_ids=batch.position_ids,
+            use_cache=False,
+            logits_to_keep=1,
+        ).logits
+        out[batch.indices] = logits[:, -1].float().cpu()  # left padding: the last position is the last real token
+    return out
+
+
+@torch.no_grad()
+def stream_logits(
+    model: Any, probes: list[list[int]], *, batch_size: int, pad_id: int, desc: str
+) -> Iterator[tuple[int, torch.Tensor]]:
+    """Yield ``(probe index, float32 CPU logits at its real tokens)``, one probe at a time, batch by batch."""
+    device = next(model.parameters()).device
+    total = -(-len(probes) // batch_size)
+    for batch in bar(left_padded_batches(probes, batch_size, pad_id), desc=desc, total=total, unit="batch"):
         batch = batch.to(device)
         logits = model(
             input_ids=batch.input_ids,
@@ -100,25 +130,82 @@ def _outputs(
             use_cache=False,
         ).logits
         for row, index in enumerate(batch.indices):
-            real = batch.attention_mask[row].bool()
-            chunks.append((index, logits[row][real].float().cpu()))
-    chunks.sort(key=lambda item: item[0])
-    greedy: list[list[int]] = []
-    for batch in left_padded_batches(probes[:2], 2, pad_id):
+            yield index, logits[row][batch.attention_mask[row].bool()].float().cpu()
+        del logits
+
+
+@torch.no_grad()
+def greedy_continuations(model: Any, probes: list[list[int]], *, pad_id: int, tokens: int) -> list[list[int]]:
+    """``tokens`` greedily decoded tokens (KV cache on, EOS not allowed to stop early) after each probe."""
+    device = next(model.parameters()).device
+    out: dict[int, list[int]] = {}
+    for batch in left_padded_batches(probes, len(probes), pad_id):
         batch = batch.to(device)
         generated = model.generate(
             input_ids=batch.input_ids,
             attention_mask=batch.attention_mask,
             do_sample=False,
-            max_new_tokens=greedy_tokens,
-            min_new_tokens=greedy_tokens,
+            max_new_tokens=tokens,
+            min_new_tokens=tokens,
             pad_token_id=pad_id,
             use_cache=True,
         )
-        order = {index: row for row, index in enumerate(batch.indices)}
         width = batch.input_ids.shape[1]
-        greedy = [generated[order[i], width:].tolist() for i in range(len(batch.indices))]
-    return Outputs(torch.cat([c for _, c in chunks]), greedy)
+        for row, index in enumerate(batch.indices):
+            out[index] = generated[row, width:].tolist()
+    return [out[i] for i in range(len(probes))]
+
+
+def _offsets_of(probes: list[list[int]]) -> list[int]:
+    starts = [0]
+    for probe in probes:
+        starts.append(starts[-1] + len(probe))
+    return starts
+
+
+def _outputs(
+    model: Any, probes: list[list[int]], *, batch_size: int, pad_id: int, greedy_tokens: int, desc: str
+) -> Outputs:
+    starts = _offsets_of(probes)
+    vocab = int(model.get_output_embeddings().weight.shape[0])
+    out = torch.empty(starts[-1], vocab, dtype=torch.float32)  # filled in place: no concatenation copy
+    for index, rows in stream_logits(model, probes, batch_size=batch_size, pad_id=pad_id, desc=desc):
+        out[starts[index] : starts[index + 1]] = rows
+    greedy = greedy_continuations(model, probes[:2], pad_id=pad_id, tokens=greedy_tokens)
+    return Outputs(out, greedy)
+
+
+@dataclass
+class Comparison:
+    """Streamed comparison of a model's logits with reference logits."""
+
+    max_abs_diff: float
+    max_abs: float
+    kl_sum: float
+    last: torch.Tensor
+
+
+def compare_logits(
+    stream: Iterator[tuple[int, torch.Tensor]], reference: torch.Tensor, probes: list[list[int]]
+) -> Comparison:
+    """Max |difference|, summed KL(reference || stream) and each probe's last-token logits, one probe at a time
+    (the compared model's logits are never all in memory)."""
+    starts = _offsets_of(probes)
+    max_diff, max_abs, kl_sum = 0.0, 0.0, 0.0
+    last = torch.empty(len(probes), reference.shape[1], dtype=torch.float32)
+    for index, rows in stream:
+        ref = reference[starts[index] : starts[index + 1]]
+        max_diff = max(max_diff, float((rows - ref).abs().max()))
+        max_abs = max(max_abs, float(rows.abs().max()))
+        kl_sum += kl_total(ref, rows)
+        last[index] = rows[-1]
+    return Comparison(max_diff, max_abs, kl_sum, last)
+
+
+def last_rows(logits: torch.Tensor, lengths: list[int]) -> torch.Tensor:
+    """The row of each probe's last token in a ``[tokens, vocab]`` tensor of concatenated probes."""
+    ends = torch.tensor(lengths).cumsum(0) - 1
+    return logits[ends]
 
 
 def reference_outputs(
@@ -136,16 +223,24 @@ def reference_outputs(
     For a low-precision model this casts ``model`` to float32 in place (lossless; the caller frees it next).
     """
     dtype = next(model.parameters()).dtype
+    lengths = [len(p) for p in probes]
     kwargs = {"batch_size": batch_size, "pad_id": pad_id, "greedy_tokens": greedy_tokens}
     with steering(model, spec, offsets):
         hooked = _outputs(model, probes, desc="reference (hooked)", **kwargs)
-    base = _outputs(model, probes, desc="reference (base)", **kwargs)
-    hooked_fp32 = None
+    base_last = last_token_logits(model, probes, batch_size=batch_size, pad_id=pad_id, desc="reference (base)")
+    floor, floor_greedy = None, None
     if dtype != torch.float32:
         model.float()
         with steering(model, spec, offsets):
-            hooked_fp32 = _outputs(model, probes, desc="reference (hooked, float32)", **kwargs)
-    return Reference(hooked, base, hooked_fp32, dtype)
+            exact = compare_logits(
+                stream_logits(model, probes, batch_size=batch_size, pad_id=pad_id, desc="reference (float32)"),
+                hooked.logits,
+                probes,
+            )
+            exact_greedy = greedy_continuations(model, probes[:2], pad_id=pad_id, tokens=greedy_tokens)
+        floor = exact.max_abs_diff / exact.max_abs
+        floor_greedy = exact_greedy == hooked.greedy
+    return Reference(hooked, base_last, lengths, floor, floor_greedy, dtype)
 
 
 def relative_diff(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -153,16 +248,19 @@ def relative_diff(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).abs().max() / b.abs().max())
 
 
-def mean_kl(p_logits: torch.Tensor, q_logits: torch.Tensor) -> float:
-    """Mean over positions of KL(p || q) between next-token distributions, computed in float64."""
-    log_p = torch.log_softmax(p_logits.double(), dim=-1)
-    log_q = torch.log_softmax(q_logits.double(), dim=-1)
-    return float((log_p.exp() * (log_p - log_q)).sum(dim=-1).mean())
+def kl_total(p_logits: torch.Tensor, q_logits: torch.Tensor, *, chunk: int = 16) -> float:
+    """Sum over positions of KL(p || q) between next-token distributions, in float64, ``chunk`` rows at a time."""
+    total = 0.0
+    for start in range(0, p_logits.shape[0], chunk):
+        log_p = torch.log_softmax(p_logits[start : start + chunk].double(), dim=-1)
+        log_q = torch.log_softmax(q_logits[start : start + chunk].double(), dim=-1)
+        total += float((log_p.exp() * (log_p - log_q)).sum())
+    return total
 
 
 def _first_mismatch(a: list[list[int]], b: list[list[int]]) -> int | None:
-    for seq_a, seq_b in zip(a, b):
-        for step, (x, y) in enumerate(zip(seq_a, seq_b)):
+    for seq_a, seq_b in zip(a, b, strict=True):
+        for step, (x, y) in enumerate(zip(seq_a, seq_b, strict=False)):
             if x != y:
                 return step
         if len(seq_a) != len(seq_b):
@@ -170,13 +268,12 @@ def _first_mismatch(a: list[list[int]], b: list[list[int]]) -> int | None:
     return None
 
 
-def tolerance_for(reference: Reference) -> tuple[float, str, float | None]:
-    """The relative logit tolerance, a sentence saying where it comes from, and the measured floor (if any)."""
-    if reference.hooked_fp32 is None:
-        return FP32_TOLERANCE, "float32: fixed 1e-4 of max|logit|", None
-    floor = relative_diff(reference.hooked.logits, reference.hooked_fp32.logits)
-    tolerance = max(FLOOR_FACTOR * floor, FP32_TOLERANCE)
-    return tolerance, f"{FLOOR_FACTOR:g} x the floor measured in this run ({floor:.3g})", floor
+def tolerance_for(reference: Reference) -> tuple[float, str]:
+    """The relative logit tolerance and a sentence saying where it comes from."""
+    if reference.floor is None:
+        return FP32_TOLERANCE, "float32: fixed 1e-4 of max|logit|"
+    tolerance = max(FLOOR_FACTOR * reference.floor, FP32_TOLERANCE)
+    return tolerance, f"{FLOOR_FACTOR:g} x the floor measured in this run ({reference.floor:.3g})"
 
 
 def validate_checkpoint(
@@ -201,9 +298,10 @@ def validate_checkpoint(
     """
     from transformers import AutoModelForCausalLM
 
-    model, info = AutoModelForCausalLM.from_pretrained(
+    loaded: Any = AutoModelForCausalLM.from_pretrained(
         directory, dtype=reference.dtype, use_safetensors=True, output_loading_info=True
     )
+    model, info = loaded
     model.to(device).eval()
     missing = sorted(info.get("missing_keys", []))
     unexpected = sorted(info.get("unexpected_keys", []))
@@ -217,14 +315,17 @@ def validate_checkpoint(
     ]
     if getattr(model.config, "quantization_config", None) or getattr(model, "hf_quantizer", None):
         config_problems.append("the reloaded model is quantized")
-    baked = _outputs(
-        model, probes, batch_size=batch_size, pad_id=pad_id, greedy_tokens=greedy_tokens, desc="validating"
+    baked = compare_logits(
+        stream_logits(model, probes, batch_size=batch_size, pad_id=pad_id, desc="validating"),
+        reference.hooked.logits,
+        probes,
     )
-    del model
+    baked_greedy = greedy_continuations(model, probes[:2], pad_id=pad_id, tokens=greedy_tokens)
+    del model, loaded
 
-    tolerance, basis, floor = tolerance_for(reference)
+    tolerance, basis = tolerance_for(reference)
     hooked = reference.hooked.logits
-    diff = float((baked.logits - hooked).abs().max())
+    diff = baked.max_abs_diff
     scale = float(hooked.abs().max())
     report = ValidationReport(
         dtype=str(reference.dtype).removeprefix("torch."),
@@ -232,16 +333,17 @@ def validate_checkpoint(
         positions=int(hooked.shape[0]),
         tolerance=tolerance,
         tolerance_basis=basis,
-        floor_relative=floor,
+        floor_relative=reference.floor,
+        floor_greedy_equal=reference.floor_greedy_equal,
         max_abs_logit=scale,
         max_abs_diff=diff,
         relative_diff=diff / scale,
-        mean_kl=mean_kl(hooked, baked.logits),
+        mean_kl=baked.kl_sum / int(hooked.shape[0]),
         greedy_tokens=greedy_tokens,
-        greedy_equal=baked.greedy == reference.hooked.greedy,
-        greedy_first_mismatch=_first_mismatch(baked.greedy, reference.hooked.greedy),
-        base_relative_diff=relative_diff(baked.logits, reference.base.logits),
-        hooked_vs_base_relative_diff=relative_diff(hooked, reference.base.logits),
+        greedy_equal=baked_greedy == reference.hooked.greedy,
+        greedy_first_mismatch=_first_mismatch(baked_greedy, reference.hooked.greedy),
+        base_relative_diff=relative_diff(baked.last, reference.base_last),
+        hooked_vs_base_relative_diff=relative_diff(last_rows(hooked, reference.lengths), reference.base_last),
         missing_keys=missing,
         unexpected_keys=unexpected,
     )
@@ -255,14 +357,17 @@ def validate_checkpoint(
     if config_problems:
         raise ValidationError("config", "config did not round-trip: " + ", ".join(config_problems), report=data)
     if absent:
-        raise ValidationError("bias", f"{len(absent)} baked bias(es) absent after reload, e.g. {absent[0]}", report=data)
+        raise ValidationError(
+            "bias", f"{len(absent)} baked bias(es) absent after reload, e.g. {absent[0]}", report=data
+        )
     if not math.isfinite(report.relative_diff) or report.relative_diff > tolerance:
         raise ValidationError(
             "logits",
-            f"max|logit diff| is {report.relative_diff:.3g} of max|logit|, above the tolerance {tolerance:.3g} ({basis})",
+            f"max|logit diff| is {report.relative_diff:.3g} of max|logit|, "
+            f"above the tolerance {tolerance:.3g} ({basis})",
             report=data,
         )
-    if reference.hooked_fp32 is None and not report.greedy_equal:
+    if reference.floor is None and not report.greedy_equal:
         raise ValidationError(
             "greedy", f"float32 greedy continuation differs at step {report.greedy_first_mismatch}", report=data
         )

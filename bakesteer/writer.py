@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import shutil
+import struct
 import uuid
 from pathlib import Path
 from types import TracebackType
@@ -107,31 +109,106 @@ def _link_or_copy(src: Path, dst: Path) -> None:
         shutil.copyfile(src, dst)
 
 
-def _shard_needs_rewrite(path: Path, plan: BiasPlan, dtype: torch.dtype) -> bool:
-    with safe_open(str(path), framework="pt") as handle:
-        for key in handle.keys():
-            if key in plan.add:
-                return True
-            stored = handle.get_slice(key).get_dtype()
-            if stored in ("F32", "F16", "BF16") and stored != _SAFETENSORS_DTYPE[dtype]:
-                return True
-    return False
+FLOAT_CODES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
+_SAFETENSORS_DTYPE = {dtype: code for code, dtype in FLOAT_CODES.items()}
+_ITEMSIZE = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}
 
 
-_SAFETENSORS_DTYPE = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16"}
+def read_header(path: Path) -> tuple[dict[str, Any], int]:
+    """The JSON header of a safetensors file and the offset where its data starts."""
+    with path.open("rb") as handle:
+        (length,) = struct.unpack("<Q", handle.read(8))
+        header = json.loads(handle.read(length))
+    return header, 8 + length
 
 
-def _load_patched(path: Path, plan: BiasPlan, dtype: torch.dtype) -> dict[str, torch.Tensor]:
-    tensors: dict[str, torch.Tensor] = {}
-    with safe_open(str(path), framework="pt") as handle:
-        for key in handle.keys():
-            tensor = handle.get_tensor(key)
-            if tensor.is_floating_point() and tensor.dtype != dtype:
-                tensor = tensor.to(dtype)
-            if key in plan.add:
-                tensor = apply_to_tensor(tensor, plan.add[key])
-            tensors[key] = tensor
-    return tensors
+def _tensor_entries(header: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    return sorted(((k, v) for k, v in header.items() if k != "__metadata__"), key=lambda kv: kv[1]["data_offsets"][0])
+
+
+def _raw_bytes(tensor: torch.Tensor) -> memoryview:
+    flat = tensor.detach().contiguous().cpu().reshape(-1)
+    return flat.view(torch.uint8).numpy().data
+
+
+def _needs_rewrite(header: dict[str, Any], plan: BiasPlan, dtype: torch.dtype) -> bool:
+    return any(
+        key in plan.add or (entry["dtype"] in FLOAT_CODES and FLOAT_CODES[entry["dtype"]] != dtype)
+        for key, entry in _tensor_entries(header)
+    )
+
+
+def stream_rewrite(
+    src: Path, dst: Path, *, plan: BiasPlan, dtype: torch.dtype, extra: dict[str, torch.Tensor] | None = None
+) -> tuple[list[str], int]:
+    """Copy a safetensors file tensor by tensor, casting floats to ``dtype``, adding ``plan.add`` and appending
+    ``extra``. Unchanged tensors are copied as raw bytes; memory use is one tensor, never the whole file.
+
+    Returns:
+        The keys written and the size of their data in bytes.
+    """
+    header, data_start = read_header(src)
+    entries = _tensor_entries(header)
+    extra = extra or {}
+    clash = set(extra) & {k for k, _ in entries}
+    if clash:
+        raise ValueError(f"the plan adds tensors that already exist: {sorted(clash)[:3]}")
+    out_header: dict[str, Any] = {"__metadata__": header.get("__metadata__") or {"format": "pt"}}
+    jobs: list[tuple[str, Any]] = []  # (key, ("copy", start, end) | tensor)
+    offset = 0
+    for key, entry in entries:
+        code, shape = entry["dtype"], entry["shape"]
+        if key in plan.add or (code in FLOAT_CODES and FLOAT_CODES[code] != dtype):
+            code = _SAFETENSORS_DTYPE[dtype] if code in FLOAT_CODES else code
+            job: Any = key  # decoded, patched and encoded when written
+        else:
+            begin, stop = entry["data_offsets"]
+            job = ("copy", data_start + begin, data_start + stop)
+        size = math.prod(shape) * _ITEMSIZE[code]
+        out_header[key] = {"dtype": code, "shape": shape, "data_offsets": [offset, offset + size]}
+        jobs.append((key, job))
+        offset += size
+    for key, tensor in extra.items():
+        size = tensor.numel() * tensor.element_size()
+        code = _SAFETENSORS_DTYPE.get(tensor.dtype) or _torch_code(tensor.dtype)
+        out_header[key] = {"dtype": code, "shape": list(tensor.shape), "data_offsets": [offset, offset + size]}
+        jobs.append((key, tensor))
+        offset += size
+    encoded = json.dumps(out_header, separators=(",", ":")).encode("utf-8")
+    encoded += b" " * (-len(encoded) % 8)  # the data section starts 8-byte aligned, as safetensors writes it
+    with src.open("rb") as source, dst.open("wb") as sink, safe_open(str(src), framework="pt") as lazy:
+        sink.write(struct.pack("<Q", len(encoded)))
+        sink.write(encoded)
+        for _key, job in jobs:
+            if isinstance(job, tuple):
+                source.seek(job[1])
+                remaining = job[2] - job[1]
+                while remaining:
+                    chunk = source.read(min(remaining, 1 << 24))
+                    sink.write(chunk)
+                    remaining -= len(chunk)
+                continue
+            tensor = job if isinstance(job, torch.Tensor) else lazy.get_tensor(job)
+            if isinstance(job, str):
+                if tensor.is_floating_point() and tensor.dtype != dtype:
+                    tensor = tensor.to(dtype)
+                if job in plan.add:
+                    tensor = apply_to_tensor(tensor, plan.add[job])
+            sink.write(_raw_bytes(tensor))
+    return [k for k, _ in jobs], offset
+
+
+def _torch_code(dtype: torch.dtype) -> str:
+    codes = {
+        torch.float64: "F64",
+        torch.int64: "I64",
+        torch.int32: "I32",
+        torch.int16: "I16",
+        torch.int8: "I8",
+        torch.uint8: "U8",
+        torch.bool: "BOOL",
+    }
+    return codes[dtype]
 
 
 def _nbytes(tensors: dict[str, torch.Tensor]) -> int:
@@ -139,7 +216,11 @@ def _nbytes(tensors: dict[str, torch.Tensor]) -> int:
 
 
 def write_weights(
-    source_dir: Path, weight_files: tuple[str, ...], index_file: str | None, plan: BiasPlan, out: Path,
+    source_dir: Path,
+    weight_files: tuple[str, ...],
+    index_file: str | None,
+    plan: BiasPlan,
+    out: Path,
     dtype: torch.dtype,
 ) -> list[str]:
     """Write the patched safetensors weights of ``source_dir`` into ``out``.
@@ -156,56 +237,37 @@ def write_weights(
         The names of the weight files written.
     """
     new_tensors = {key: value.to(dtype).contiguous() for key, value in plan.new.items()}
-    metadata = {"format": "pt"}
     if index_file is None:
         (name,) = weight_files
-        tensors = _load_patched(source_dir / name, plan, dtype)
-        clash = set(tensors) & set(new_tensors)
-        if clash:
-            raise ValueError(f"the plan adds tensors that already exist: {sorted(clash)[:3]}")
-        tensors.update(new_tensors)
-        save_file(tensors, str(out / SINGLE_FILE), metadata=metadata)
+        stream_rewrite(source_dir / name, out / SINGLE_FILE, plan=plan, dtype=dtype, extra=new_tensors)
         return [SINGLE_FILE]
 
     weight_map: dict[str, str] = {}
     total = 0
     for name in bar(weight_files, desc="writing shards", unit="shard"):
         src = source_dir / name
-        if _shard_needs_rewrite(src, plan, dtype):
-            tensors = _load_patched(src, plan, dtype)
-            save_file(tensors, str(out / name), metadata=metadata)
-            keys, size = list(tensors), _nbytes(tensors)
-            del tensors
+        header, _ = read_header(src)
+        if _needs_rewrite(header, plan, dtype):
+            keys, size = stream_rewrite(src, out / name, plan=plan, dtype=dtype)
         else:
             _link_or_copy(src.resolve(), out / name)
-            with safe_open(str(src), framework="pt") as handle:
-                keys = list(handle.keys())
-                size = sum(_slice_nbytes(handle.get_slice(k)) for k in keys)
-        for key in keys:
-            weight_map[key] = name
+            entries = _tensor_entries(header)
+            keys = [k for k, _ in entries]
+            size = sum(e["data_offsets"][1] - e["data_offsets"][0] for _, e in entries)
+        weight_map.update(dict.fromkeys(keys, name))
         total += size
     written = list(weight_files)
     if new_tensors:
         clash = set(weight_map) & set(new_tensors)
         if clash:
             raise ValueError(f"the plan adds tensors that already exist: {sorted(clash)[:3]}")
-        save_file(new_tensors, str(out / NEW_SHARD), metadata=metadata)
-        weight_map.update({key: NEW_SHARD for key in new_tensors})
+        save_file(new_tensors, str(out / NEW_SHARD), metadata={"format": "pt"})
+        weight_map.update(dict.fromkeys(new_tensors, NEW_SHARD))
         total += _nbytes(new_tensors)
         written.append(NEW_SHARD)
     index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
     (out / INDEX_FILE).write_text(json.dumps(index, indent=2) + "\n")
     return written
-
-
-_ITEMSIZE = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}
-
-
-def _slice_nbytes(tensor_slice: Any) -> int:
-    count = 1
-    for dim in tensor_slice.get_shape():
-        count *= dim
-    return count * _ITEMSIZE.get(tensor_slice.get_dtype(), 1)
 
 
 def save_state_dict(
@@ -223,7 +285,7 @@ def save_state_dict(
     shards: list[dict[str, torch.Tensor]] = [{}]
     size = 0
     for key, tensor in state.items():
-        ident = (tensor.untyped_storage().data_ptr(), tensor.storage_offset())
+        ident = (tensor.untyped_storage().data_ptr(), int(tensor.storage_offset()))
         if ident in seen:
             continue
         seen.add(ident)
@@ -239,7 +301,7 @@ def save_state_dict(
         return (SINGLE_FILE,), None
     names = tuple(f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards)))
     weight_map = {}
-    for name, shard in zip(names, shards):
+    for name, shard in zip(names, shards, strict=True):
         save_file(shard, str(directory / name), metadata=metadata)
         weight_map.update(dict.fromkeys(shard, name))
     index = {"metadata": {"total_size": sum(_nbytes(s) for s in shards)}, "weight_map": weight_map}

@@ -27,7 +27,25 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 def _peak_mib() -> float:
+    # VmHWM belongs to this address space (reset by exec); ru_maxrss can carry the parent's peak across fork+exec.
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def child_prepare(model_dir: Path) -> dict[str, object]:
+    """Not timed: a plain float32 safetensors copy of SmolLM2, the usual kind of source."""
+    import torch
+
+    from bakesteer.demo import smollm2_gguf
+    from bakesteer.source import materialize_gguf, resolve_source
+
+    materialize_gguf(resolve_source(str(smollm2_gguf())), torch.float32, model_dir)
+    return {"torch": torch.__version__}
 
 
 def child_floor() -> dict[str, float]:
@@ -53,8 +71,12 @@ def child_baseline(model_dir: Path, out: Path, batch_size: int) -> dict[str, flo
         for role in ("positive", "negative"):
             ids = render_prompts(tok, load_prompt_set(None, role).calibration, chat_template=True)
             for batch in left_padded_batches(ids, batch_size, pad_token_id(tok)):
-                model.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                            position_ids=batch.position_ids, use_cache=False)
+                model.model(
+                    input_ids=batch.input_ids,
+                    attention_mask=batch.attention_mask,
+                    position_ids=batch.position_ids,
+                    use_cache=False,
+                )
     model.save_pretrained(out)
     tok.save_pretrained(out)
     return {"wall_s": time.perf_counter() - start, "peak_mib": _peak_mib()}
@@ -88,22 +110,19 @@ def main() -> None:
         kind, *rest = args.child
         if kind == "floor":
             print(json.dumps(child_floor()))
+        elif kind == "prepare":
+            print(json.dumps(child_prepare(Path(rest[0]))))
         else:
             fn = child_baseline if kind == "baseline" else child_convert
             print(json.dumps(fn(Path(rest[0]), Path(rest[1]), args.batch_size)))
         return
 
-    import torch
-
-    from bakesteer.demo import smollm2_gguf
-    from bakesteer.source import materialize_gguf, resolve_source
-
+    # The parent imports nothing heavy: every measurement is a fresh process.
     with tempfile.TemporaryDirectory(prefix="bakesteer-bench-") as tmp_s:
         tmp = Path(tmp_s)
-        # Not timed: a plain float32 safetensors copy of SmolLM2, the usual kind of source.
         model_dir = tmp / "SmolLM2-135M-Instruct"
         model_dir.mkdir()
-        materialize_gguf(resolve_source(str(smollm2_gguf())), torch.float32, model_dir)
+        torch_version = run_child("prepare", str(model_dir))["torch"]
         weights_mib = sum(f.stat().st_size for f in model_dir.glob("*.safetensors")) / 2**20
 
         floor = run_child("floor")["peak_mib"]
@@ -116,16 +135,20 @@ def main() -> None:
         best = {kind: min(r, key=lambda x: x["wall_s"]) for kind, r in runs.items()}
 
     b, c = best["baseline"], best["convert"]
-    print(f"SmolLM2-135M-Instruct float32, weights {weights_mib:.0f} MiB, batch size {args.batch_size}, "
-          f"best of {args.repeats}, {os.cpu_count()} CPUs, torch {torch.__version__}")
+    print(
+        f"SmolLM2-135M-Instruct float32, weights {weights_mib:.0f} MiB, batch size {args.batch_size}, "
+        f"best of {args.repeats}, {os.cpu_count()} CPUs, torch {torch_version}"
+    )
     print(f"{'':24}{'wall s':>10}{'peak MiB':>10}{'above floor':>13}{'/ weights':>11}")
     print(f"{'import floor':24}{'':>10}{floor:>10.0f}")
     for name, r in (("baseline", b), ("bakesteer convert", c)):
         above = r["peak_mib"] - floor
         print(f"{name:24}{r['wall_s']:>10.1f}{r['peak_mib']:>10.0f}{above:>13.0f}{above / weights_mib:>11.2f}")
     print(f"convert / baseline wall time: {c['wall_s'] / b['wall_s']:.2f}x")
-    print(f"convert peak above floor / weights: {(c['peak_mib'] - floor) / weights_mib:.2f}x "
-          f"(baseline {(b['peak_mib'] - floor) / weights_mib:.2f}x)")
+    print(
+        f"convert peak above floor / weights: {(c['peak_mib'] - floor) / weights_mib:.2f}x "
+        f"(baseline {(b['peak_mib'] - floor) / weights_mib:.2f}x)"
+    )
     print("convert stages (s): " + ", ".join(f"{k} {v:.1f}" for k, v in c["stages"].items()))
 
 

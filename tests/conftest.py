@@ -12,9 +12,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 sys.path.insert(0, str(Path(__file__).parent))
 
-from fixtures import llama_config, save_model  # noqa: E402
+from fixtures import llama_config, save_model
 
-from bakesteer.progress import set_progress_bars  # noqa: E402
+from bakesteer.progress import set_progress_bars
 
 set_progress_bars(False)
 

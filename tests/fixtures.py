@@ -76,8 +76,13 @@ def _scale_up(model: torch.nn.Module) -> None:
 
 
 def save_model(
-    config: Any, directory: Path, *, dtype: torch.dtype = torch.float32, max_shard_size: str | None = None,
-    seed: int = 0, chat_template: bool = True,
+    config: Any,
+    directory: Path,
+    *,
+    dtype: torch.dtype = torch.float32,
+    max_shard_size: str | None = None,
+    seed: int = 0,
+    chat_template: bool = True,
 ) -> Path:
     """Build a random model from ``config`` (seeded), save it with its tokenizer, return ``directory``."""
     from transformers import AutoModelForCausalLM

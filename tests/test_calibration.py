@@ -37,8 +37,9 @@ def independent_statistics(model, tok, prompts: tuple[str, ...]) -> tuple[list[l
     handle = model.model.norm.register_forward_pre_hook(lambda mod, args: captured.__setitem__("x", args[0]))
     try:
         for prompt in prompts:
-            text = tok.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
-                                           tokenize=False)
+            text = tok.apply_chat_template(
+                [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=False
+            )
             ids = tok(text, add_special_tokens=False, return_tensors="pt")["input_ids"]
             out = model(input_ids=ids, output_hidden_states=True)
             residuals = [out.hidden_states[i + 1][0] for i in range(layers - 1)] + [captured["x"][0]]
@@ -57,7 +58,7 @@ def expected(llama_dir: Path, prompt_files):
     neg = load_prompt_set(prompt_files[1], "negative")
     pos_norms, pos_last = independent_statistics(model, tok, pos.calibration)
     neg_norms, neg_last = independent_statistics(model, tok, neg.calibration)
-    mu = torch.tensor([sum(a + b) / len(a + b) for a, b in zip(pos_norms, neg_norms)], dtype=torch.float64)
+    mu = torch.tensor([sum(a + b) / len(a + b) for a, b in zip(pos_norms, neg_norms, strict=True)], dtype=torch.float64)
     diff = pos_last - neg_last
     c = diff / diff.norm(dim=-1, keepdim=True)
     return {"mu": mu, "c": c, "model": model, "tok": tok, "pos": pos, "neg": neg}
@@ -83,7 +84,9 @@ def test_offsets_formula(expected) -> None:
     offsets = vec.offsets(band, k)
     for layer in range(5):
         want = k * expected["mu"][layer] / math.sqrt(d) * expected["c"][layer] if 2 <= layer < 5 else torch.zeros(d)
-        torch.testing.assert_close(offsets[layer].double(), want.double(), rtol=0, atol=5e-6 * float(want.abs().max() + 1))
+        torch.testing.assert_close(
+            offsets[layer].double(), want.double(), rtol=0, atol=5e-6 * float(want.abs().max() + 1)
+        )
         if 2 <= layer < 5:
             # the injection has the same relative size k / sqrt(d) at every layer
             assert float(offsets[layer].norm()) / float(expected["mu"][layer]) == pytest.approx(k / 8, rel=1e-6)

@@ -26,8 +26,14 @@ def bad_models(models_dir: Path) -> dict[str, Path]:
     from transformers import MistralConfig
 
     mistral = save_model(
-        MistralConfig(vocab_size=384, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2),
+        MistralConfig(
+            vocab_size=384,
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+        ),
         models_dir / "mistral",
     )
     pickle_only = models_dir / "pickled"
@@ -117,11 +123,26 @@ def test_vector_command(llama_dir: Path, prompt_files, tmp_path: Path) -> None:
 def test_console_script_help_is_light_and_errors_are_one_line(tmp_path: Path) -> None:
     exe = Path(sys.executable).parent / "bakesteer"
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    code = ("import sys, bakesteer.cli; sys.argv = ['bakesteer', '--help']\ntry:\n    bakesteer.cli.main()\n"
-            "except SystemExit:\n    pass\nprint(sorted(m for m in ('torch', 'transformers') if m in sys.modules))")
+    code = (
+        "import sys, bakesteer.cli; sys.argv = ['bakesteer', '--help']\ntry:\n    bakesteer.cli.main()\n"
+        "except SystemExit:\n    pass\nprint(sorted(m for m in ('torch', 'transformers') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
     assert out.stdout.strip().endswith("[]"), "bakesteer --help must not import torch or transformers"
-    proc = subprocess.run([str(exe), "convert", str(tmp_path / "nope"), "-o", str(tmp_path / "o")],
-                          capture_output=True, text=True, env=env)
+    proc = subprocess.run(
+        [str(exe), "convert", str(tmp_path / "nope"), "-o", str(tmp_path / "o")],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     assert proc.returncode == 2
     assert proc.stderr.count("\n") == 1 and "model not found" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_readme_documents_every_option() -> None:
+    from bakesteer.options import ConvertOptions
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    for f in ConvertOptions.fields_in():
+        flag = (f.metadata.get("flag") or "--" + f.name.replace("_", "-")).split("/")[0]
+        assert f"`{flag}" in readme, f"README's options table misses {flag}"

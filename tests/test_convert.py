@@ -72,10 +72,18 @@ def test_outputs_and_metadata(llama_dir: Path, prompt_files, tmp_path: Path) -> 
     result = convert(str(llama_dir), tmp_path / "out", fast(prompt_files, alpha=1.0, layers="1-3"))
     out = result.output
     names = sorted(p.name for p in out.iterdir())
-    assert names == sorted([
-        "bakesteer.json", "chat_template.jinja", "config.json", "generation_config.json", "model.safetensors",
-        "steering.safetensors", "tokenizer.json", "tokenizer_config.json",
-    ])
+    assert names == sorted(
+        [
+            "bakesteer.json",
+            "chat_template.jinja",
+            "config.json",
+            "generation_config.json",
+            "model.safetensors",
+            "steering.safetensors",
+            "tokenizer.json",
+            "tokenizer_config.json",
+        ]
+    )
     meta = json.loads((out / "bakesteer.json").read_text())
     assert meta["bakesteer_version"] == "0.1.0"
     assert meta["base_model"] == {"kind": "local", "model_id": "llama", "revision": None}
@@ -87,7 +95,9 @@ def test_outputs_and_metadata(llama_dir: Path, prompt_files, tmp_path: Path) -> 
     assert meta["validation"]["passed"] is True
     assert set(meta["timings_s"]) >= {"load", "calibrate", "reference", "write", "validate", "total"}
     assert meta["architecture"] == {
-        "model_type": "llama", "strategy": "native_flag", "runtimes": ["transformers", "vllm", "llama.cpp"],
+        "model_type": "llama",
+        "strategy": "native_flag",
+        "runtimes": ["transformers", "vllm", "llama.cpp"],
         "config_updates": {"mlp_bias": True},
     }
     # no local paths anywhere in what is written
@@ -111,8 +121,10 @@ def test_alpha_zero_equals_base(llama_dir: Path, prompt_files, tmp_path: Path) -
 def test_negative_alpha_flips_the_offsets(llama_dir: Path, prompt_files, tmp_path: Path) -> None:
     plus = convert(str(llama_dir), tmp_path / "plus", fast(prompt_files, alpha=1.5))
     minus = convert(str(llama_dir), tmp_path / "minus", fast(prompt_files, alpha=-1.5))
-    with safe_open(str(plus.output / "steering.safetensors"), "pt") as a, \
-            safe_open(str(minus.output / "steering.safetensors"), "pt") as b:
+    with (
+        safe_open(str(plus.output / "steering.safetensors"), "pt") as a,
+        safe_open(str(minus.output / "steering.safetensors"), "pt") as b,
+    ):
         torch.testing.assert_close(b.get_tensor("offsets"), -a.get_tensor("offsets"), rtol=0, atol=0)
         torch.testing.assert_close(a.get_tensor("directions"), b.get_tensor("directions"), rtol=0, atol=0)
 
@@ -127,8 +139,10 @@ def test_vector_reuse_skips_calibration(llama_dir: Path, prompt_files, tmp_path:
     assert "calibrate" not in reused.metadata["timings_s"]
     assert reused.metadata["method"]["vector_reused"] is True
     assert reused.metadata["calibration"]["positive"] == direct.metadata["calibration"]["positive"]
-    with safe_open(str(direct.output / "model.safetensors"), "pt") as a, \
-            safe_open(str(reused.output / "model.safetensors"), "pt") as b:
+    with (
+        safe_open(str(direct.output / "model.safetensors"), "pt") as a,
+        safe_open(str(reused.output / "model.safetensors"), "pt") as b,
+    ):
         for key in a.keys():
             torch.testing.assert_close(a.get_tensor(key), b.get_tensor(key), rtol=0, atol=0)
     assert vec.num_layers == 5
@@ -211,7 +225,7 @@ def test_existing_output_is_refused_and_kept(llama_dir: Path, prompt_files, tmp_
     with pytest.raises(OutputExistsError):
         convert(str(llama_dir), out, fast(prompt_files))
     assert (out / "precious.txt").read_text() == "keep me"
-    result = convert(str(llama_dir), out, fast(prompt_files, overwrite=True))
+    convert(str(llama_dir), out, fast(prompt_files, overwrite=True))
     assert not (out / "precious.txt").exists() and (out / "bakesteer.json").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no staging or backup left behind
 

@@ -13,24 +13,38 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_wheel_ships_data_and_runs_from_elsewhere(tmp_path: Path) -> None:
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", str(ROOT), "-w",
-         str(tmp_path / "dist")],
-        check=True, capture_output=True, cwd=tmp_path,
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            str(ROOT),
+            "-w",
+            str(tmp_path / "dist"),
+        ],
+        check=True,
+        capture_output=True,
+        cwd=tmp_path,
     )
     (wheel,) = (tmp_path / "dist").glob("bakesteer-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
     assert {"bakesteer/data/harmful.txt", "bakesteer/data/harmless.txt", "bakesteer/py.typed"} <= names
     subprocess.run(
         [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(tmp_path / "site"), str(wheel)],
-        check=True, capture_output=True,
+        check=True,
+        capture_output=True,
     )
     code = (
         "import bakesteer, bakesteer.prompts as p; "
         "print(bakesteer.__file__); print(len(p.load_prompt_set(None, 'positive').prompts))"
     )
     env = {**os.environ, "PYTHONPATH": str(tmp_path / "site")}
-    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True, cwd=tmp_path,
-                         env=env)
+    out = subprocess.run(
+        [sys.executable, "-c", code], check=True, capture_output=True, text=True, cwd=tmp_path, env=env
+    )
     location, count = out.stdout.split()
     assert location.startswith(str(tmp_path / "site"))
     assert int(count) >= 128

@@ -31,7 +31,7 @@ def test_split_is_deterministic_and_order_free() -> None:
 
 
 def test_duplicates_and_blank_lines_are_dropped() -> None:
-    s = make_prompt_set("x", PROMPTS[:10] + ["", "  ", PROMPTS[0], PROMPTS[1] + "  "])
+    s = make_prompt_set("x", [*PROMPTS[:10], "", "  ", PROMPTS[0], PROMPTS[1] + "  "])
     assert s.prompts == tuple(PROMPTS[:10])
 
 
@@ -60,7 +60,7 @@ def test_csv_with_commas_and_quotes(tmp_path: Path) -> None:
     ("name", "content", "reason"),
     [
         ("empty.txt", "", "has 0 distinct"),
-        ("small.txt", "\n".join(PROMPTS[:MIN_PROMPTS - 1]), f"has {MIN_PROMPTS - 1} distinct"),
+        ("small.txt", "\n".join(PROMPTS[: MIN_PROMPTS - 1]), f"has {MIN_PROMPTS - 1} distinct"),
         ("dupes.txt", "\n".join([PROMPTS[0]] * 50), "has 1 distinct"),
         ("bad.jsonl", "{not json}\n", "line 1 is not JSON"),
         ("nofield.jsonl", '{"a": "x", "b": "y"}\n', "no prompt column"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 
@@ -31,14 +32,17 @@ def test_smollm2_gguf_converts_and_reloads(gguf: Path, tmp_path: Path) -> None:
     assert "quantization_config" not in config and config["mlp_bias"] is True
     assert meta["base_model"]["kind"] == "gguf" and len(meta["base_model"]["revision"]) == 64
     mu = meta["method"]["mu"]
-    assert all(a < b for a, b in zip(mu[:10], mu[1:11]))  # residual norms grow with depth
+    assert all(a < b for a, b in itertools.pairwise(mu[:11]))  # residual norms grow with depth
     # the relative size of every injection is k / sqrt(d_model) = 1 / 24
     for layer, norm in result.offset_norms.items():
         assert norm / mu[layer] == pytest.approx(1 / 24, rel=1e-5)
 
     model = AutoModelForCausalLM.from_pretrained(result.output)
     tok = AutoTokenizer.from_pretrained(result.output)
-    assert model.config.tie_word_embeddings and model.lm_head.weight.data_ptr() == model.model.embed_tokens.weight.data_ptr()
+    assert (
+        model.config.tie_word_embeddings
+        and model.lm_head.weight.data_ptr() == model.model.embed_tokens.weight.data_ptr()
+    )
     assert tok.chat_template and model.model.layers[20].mlp.down_proj.bias.abs().max() > 0
 
 
@@ -48,8 +52,12 @@ def test_attention_sink_is_excluded(gguf: Path) -> None:
 
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name).eval()
     tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    ids = tok.apply_chat_template([{"role": "user", "content": "Tell me about rivers."}], add_generation_prompt=True,
-                                  return_tensors="pt", return_dict=True)["input_ids"]
+    ids = tok.apply_chat_template(
+        [{"role": "user", "content": "Tell me about rivers."}],
+        add_generation_prompt=True,
+        return_tensors="pt",
+        return_dict=True,
+    )["input_ids"]
     with torch.no_grad():
         hs = model(ids, output_hidden_states=True).hidden_states
     norms = hs[16][0].norm(dim=-1)

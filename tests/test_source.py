@@ -46,11 +46,10 @@ def test_hub_id_resolves_to_the_commit(hub_cache: Path) -> None:
 def test_hub_convert_records_the_commit(hub_cache: Path, prompt_files, tmp_path: Path) -> None:
     from bakesteer import ConvertOptions, convert
 
-    result = convert("acme/tiny-llama", tmp_path / "out", ConvertOptions(positive=prompt_files[0],
-                                                                         negative=prompt_files[1]))
-    assert result.metadata["base_model"] == {
-        "kind": "hub", "model_id": "acme/tiny-llama", "revision": COMMIT
-    }
+    result = convert(
+        "acme/tiny-llama", tmp_path / "out", ConvertOptions(positive=prompt_files[0], negative=prompt_files[1])
+    )
+    assert result.metadata["base_model"] == {"kind": "hub", "model_id": "acme/tiny-llama", "revision": COMMIT}
 
 
 def test_unknown_hub_id_offline(hub_cache: Path) -> None:
@@ -69,7 +68,7 @@ def test_directory_rules(tmp_path: Path, llama_dir: Path) -> None:
         resolve_source(str(d))
     assert "pass the .gguf file itself, e.g. m.Q4.gguf" in info.value.one_line()
     (tmp_path / "weights.safetensors").write_bytes(b"x")
-    with pytest.raises(UnsupportedCheckpointError, match="not .gguf"):
+    with pytest.raises(UnsupportedCheckpointError, match=r"not \.gguf"):
         resolve_source(str(tmp_path / "weights.safetensors"))
     source = resolve_source(str(llama_dir))
     assert source.kind == "local" and source.revision is None and source.model_id == "llama"

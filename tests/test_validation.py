@@ -49,7 +49,9 @@ def _write(src: Path, model, offsets: torch.Tensor, out: Path, *, set_flag: bool
 
 
 def _check(out: Path, reference, probes, keys, alpha: float = 1.0):
-    return validate_checkpoint(out, reference, probes, expected_keys=keys, alpha=alpha, device=torch.device("cpu"), **IO)
+    return validate_checkpoint(
+        out, reference, probes, expected_keys=keys, alpha=alpha, device=torch.device("cpu"), **IO
+    )
 
 
 def test_correct_bake_passes(setup, llama_sharded_dir: Path, tmp_path: Path) -> None:
