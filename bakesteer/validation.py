@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from bakesteer.architectures import ArchitectureSpec
-from bakesteer.batching import left_padded_batches
+from bakesteer.batching import Batch, left_padded_batches
 from bakesteer.errors import ValidationError
 from bakesteer.hooks import steering
 from bakesteer.progress import bar
@@ -94,12 +94,10 @@ class ValidationReport:
         return asdict(self)
 
 
-@torch.no_grad()
-def last_token_logits(model: Any, probes: list[list[int]], *, batch_size: int, pad_id: int, desc: str) -> torch.Tensor:
-    """Logits at each probe's last token only (``logits_to_keep=1``: no ``[tokens, vocab]`` tensor is built)."""
+def _batches_logits(
+    model: Any, probes: list[list[int]], *, batch_size: int, pad_id: int, desc: str, **forward: Any
+) -> Iterator[tuple[Batch, torch.Tensor]]:
     device = next(model.parameters()).device
-    vocab = int(model.get_output_embeddings().weight.shape[0])
-    out = torch.empty(len(probes), vocab, dtype=torch.float32)
     total = -(-len(probes) // batch_size)
     for batch in bar(left_padded_batches(probes, batch_size, pad_id), desc=desc, total=total, unit="batch"):
         batch = batch.to(device)
@@ -108,8 +106,19 @@ def last_token_logits(model: Any, probes: list[list[int]], *, batch_size: int, p
             attention_mask=batch.attention_mask,
             position_ids=batch.position_ids,
             use_cache=False,
-            logits_to_keep=1,
+            **forward,
         ).logits
+        yield batch, logits
+
+
+@torch.no_grad()
+def last_token_logits(model: Any, probes: list[list[int]], *, batch_size: int, pad_id: int, desc: str) -> torch.Tensor:
+    """Logits at each probe's last token only (``logits_to_keep=1``: no ``[tokens, vocab]`` tensor is built)."""
+    vocab = int(model.get_output_embeddings().weight.shape[0])
+    out = torch.empty(len(probes), vocab, dtype=torch.float32)
+    for batch, logits in _batches_logits(
+        model, probes, batch_size=batch_size, pad_id=pad_id, desc=desc, logits_to_keep=1
+    ):
         out[batch.indices] = logits[:, -1].float().cpu()  # left padding: the last position is the last real token
     return out
 
@@ -119,19 +128,9 @@ def stream_logits(
     model: Any, probes: list[list[int]], *, batch_size: int, pad_id: int, desc: str
 ) -> Iterator[tuple[int, torch.Tensor]]:
     """Yield ``(probe index, float32 CPU logits at its real tokens)``, one probe at a time, batch by batch."""
-    device = next(model.parameters()).device
-    total = -(-len(probes) // batch_size)
-    for batch in bar(left_padded_batches(probes, batch_size, pad_id), desc=desc, total=total, unit="batch"):
-        batch = batch.to(device)
-        logits = model(
-            input_ids=batch.input_ids,
-            attention_mask=batch.attention_mask,
-            position_ids=batch.position_ids,
-            use_cache=False,
-        ).logits
+    for batch, logits in _batches_logits(model, probes, batch_size=batch_size, pad_id=pad_id, desc=desc):
         for row, index in enumerate(batch.indices):
             yield index, logits[row][batch.attention_mask[row].bool()].float().cpu()
-        del logits
 
 
 @torch.no_grad()
