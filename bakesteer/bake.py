@@ -1,4 +1,4 @@
-"""From offsets to biases: the tensor plan a registry entry implies, and its application to tensors.
+"""From offsets to biases: the tensor plan a registry entry implies, the output config, and tensor arithmetic.
 
 The plan is in checkpoint key space and in float32. Writing rounds once: a new bias is ``plan`` cast to the model
 dtype; an existing bias is ``(existing in float32 + plan)`` cast once (a double-rounded add changes elements).
@@ -6,6 +6,7 @@ dtype; an existing bias is ``(existing in float32 + plan)`` cast once (a double-
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,23 +23,32 @@ class BiasPlan:
     Attributes:
         new: Keys absent from the source checkpoint and their float32 values (zeros for the flag's other biases).
         add: Keys present in the source and the float32 amount to add to them.
-        config_updates: Config attributes to set (e.g. ``{"mlp_bias": True}``).
+        config_updates: Config attributes to set (e.g. ``{"mlp_bias": True}``); for a remap, also ``model_type``.
+        strategy: What was done: ``existing_bias`` when only existing biases change, else the entry's strategy.
     """
 
     new: dict[str, torch.Tensor]
     add: dict[str, torch.Tensor]
-    config_updates: dict[str, object]
+    config_updates: dict[str, Any]
+    strategy: str
 
     def keys(self) -> set[str]:
         return set(self.new) | set(self.add)
 
 
+def _out_features(layer: nn.Module, bias_path: str) -> int:
+    owner = layer.get_submodule(bias_path.rsplit(".", 1)[0])
+    weight: Any = owner.weight
+    # nn.Linear stores [out, in]; GPT-2's Conv1D stores [in, out] and has nf = out.
+    return int(getattr(owner, "nf", weight.shape[0]))
+
+
 def bias_plan(model: nn.Module, spec: ArchitectureSpec, offsets: torch.Tensor) -> BiasPlan:
     """The biases that make ``model`` (in the source's layout) add ``offsets[l]`` after block ``l``.
 
-    When the down projections already carry a bias (``EXISTING_BIAS``, or a ``NATIVE_FLAG`` family whose flag is
-    already on), the offset is added to it; otherwise the flag is switched on and every bias it creates is written,
-    zeros outside the down projections and outside the band (a missing bias would be zero-initialised with a
+    Where the MLP output already carries a bias, the offset is added to it (broadcast over experts for per-expert
+    biases). Otherwise the flag (or the remap's target flags) is switched on and every bias it creates is written:
+    zeros except on the MLP output, and zeros outside the band (a missing bias would be zero-initialised with a
     warning; writing it keeps the reload silent and exact).
 
     Args:
@@ -47,29 +57,57 @@ def bias_plan(model: nn.Module, spec: ArchitectureSpec, offsets: torch.Tensor) -
         offsets: ``[L, d_model]`` float32, zero rows outside the band.
     """
     layers: Any = model.get_submodule(spec.layers)
-    divisor = spec.divisor(model.config)
-    down_values = offsets.to(torch.float32) / divisor
+    down_values = offsets.to(torch.float32) / spec.divisor(model.config)
     new: dict[str, torch.Tensor] = {}
     add: dict[str, torch.Tensor] = {}
-    updates: dict[str, object] = {}
+    updates: dict[str, Any] = {}
     for index, layer in enumerate(layers):
         prefix = f"{spec.layers}.{index}"
-        down = layer.get_submodule(spec.down_proj)
-        if down.bias is not None:
+        params = dict(layer.named_parameters())
+        existing = params.get(spec.down_bias)
+        if existing is not None:
             if down_values[index].any():
-                add[f"{prefix}.{spec.down_proj}.bias"] = down_values[index].clone()
+                add[f"{prefix}.{spec.down_bias}"] = down_values[index].expand_as(existing).clone()
             continue
-        if spec.strategy is not Strategy.NATIVE_FLAG or not spec.flag:
-            raise ValueError(f"{spec.model_type}: {prefix}.{spec.down_proj} has no bias and no flag creates one")
-        updates[spec.flag] = True
-        for name in spec.flag_biases:
-            linear = layer.get_submodule(name)
-            key = f"{prefix}.{name}.bias"
-            if name == spec.down_proj:
+        if spec.strategy is Strategy.EXISTING_BIAS:
+            raise ValueError(f"{spec.model_type}: {prefix}.{spec.down_bias} does not exist")
+        extra: tuple[str, ...] = ()
+        if spec.remap is not None:
+            updates.update(spec.remap.config_updates, model_type=spec.remap.target)
+            extra = spec.remap.zero_biases
+        elif spec.flag:
+            updates[spec.flag] = True
+        for name in (*spec.flag_biases, *extra):
+            if name in params:
+                continue
+            key = f"{prefix}.{name}"
+            if name == spec.down_bias:
                 new[key] = down_values[index].clone()
             else:
-                new[key] = torch.zeros(linear.weight.shape[0], dtype=torch.float32)
-    return BiasPlan(new=new, add=add, config_updates=updates)
+                new[key] = torch.zeros(_out_features(layer, name), dtype=torch.float32)
+    strategy = Strategy.EXISTING_BIAS.value if not new else spec.strategy.value
+    return BiasPlan(new=new, add=add, config_updates=updates, strategy=strategy)
+
+
+def output_config(config: Any, spec: ArchitectureSpec, plan: BiasPlan, dtype: torch.dtype) -> Any:
+    """The config to write: the source's with the plan's flags on, or, for a remap, the target family's config
+    built from the source's fields (only fields the target knows are kept)."""
+    if spec.remap is None or "model_type" not in plan.config_updates:
+        out = copy.deepcopy(config)
+    else:
+        from transformers import CONFIG_MAPPING
+
+        target = CONFIG_MAPPING[spec.remap.target]
+        known = set(target().to_dict())
+        source = config.to_dict()
+        kwargs = {k: v for k, v in source.items() if k in known and k not in ("model_type", "architectures")}
+        out = target(**kwargs)
+        out.architectures = [spec.remap.architecture]
+    for key, value in plan.config_updates.items():
+        if key != "model_type":
+            setattr(out, key, value)
+    out.dtype = dtype
+    return out
 
 
 def apply_to_tensor(existing: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:

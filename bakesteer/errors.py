@@ -59,14 +59,16 @@ class UnsupportedCheckpointError(BakesteerError, ValueError):
 class UnsupportedArchitectureError(BakesteerError, ValueError):
     """No registry entry bakes this ``model_type`` exactly."""
 
-    def __init__(self, model_type: str, supported: Sequence[str], *, reason: str = "") -> None:
+    def __init__(self, model_type: str, supported: Sequence[str], *, reason: str = "", hint: str = "") -> None:
         self.model_type = model_type
         self.supported = sorted(supported)
+        self.reason = reason
         why = f": {reason}" if reason else ""
         super().__init__(
             f"unsupported architecture {model_type!r}{why} (supported: {', '.join(self.supported)})",
-            hint="to add a family, add an entry to bakesteer/architectures/registry.py and a tiny fixture in "
-            "tests/fixtures.py",
+            hint=hint
+            or "steer it with hooks at run time, or add a registry entry (bakesteer/architectures/registry.py) "
+            "with a tiny fixture (tests/fixtures.py)",
         )
 
 

@@ -7,7 +7,6 @@ and validate -> metadata -> rename into place.
 
 from __future__ import annotations
 
-import copy
 import gc
 import logging
 import math
@@ -24,7 +23,7 @@ import torch
 
 from bakesteer import __version__
 from bakesteer.architectures import ArchitectureSpec, spec_for
-from bakesteer.bake import BiasPlan, bias_plan
+from bakesteer.bake import BiasPlan, bias_plan, output_config
 from bakesteer.batching import pad_token_id
 from bakesteer.calibration import difference_of_means, mean_norms, residual_statistics, unit_directions
 from bakesteer.options import ConvertOptions, check_alpha_for_model, parse_layers
@@ -230,10 +229,7 @@ def convert(model: str, output: Path, options: ConvertOptions | None = None) -> 
             vector = vector_file
         offsets = vector.offsets(band, options.alpha)
         plan = bias_plan(loaded, spec, offsets)
-        out_config = copy.deepcopy(loaded.config)
-        for key, value in plan.config_updates.items():
-            setattr(out_config, key, value)
-        out_config.dtype = dtype
+        out_config = output_config(loaded.config, spec, plan, dtype)
 
         pad_id = pad_token_id(tokenizer)
         probe_prompts = interleave(positive.heldout, negative.heldout, options.probes)
@@ -301,7 +297,7 @@ def _metadata(
         "base_model": source.describe(),
         "architecture": {
             "model_type": spec.model_type,
-            "strategy": spec.strategy.value,
+            "strategy": plan.strategy,
             "runtimes": list(spec.runtimes),
             "config_updates": plan.config_updates,
         },

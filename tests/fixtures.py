@@ -102,6 +102,47 @@ def tiny_llama(directory: Path, **kw: Any) -> Path:
     return save_model(llama_config(), directory, **kw)
 
 
+#: Shared shape of every tiny fixture: 5 layers (default band 2-4), width 64, 4 heads, vocabulary of the tokenizer.
+SHAPE = dict(vocab_size=384, hidden_size=64, num_hidden_layers=5, num_attention_heads=4, max_position_embeddings=256)
+LLAMA_LIKE = dict(SHAPE, intermediate_size=128, num_key_value_heads=2, bos_token_id=1, eos_token_id=2, pad_token_id=0)
+
+
+def _builder(config_name: str, **fields: Any) -> Callable[..., Path]:
+    def build(directory: Path, **kw: Any) -> Path:
+        import transformers
+
+        return save_model(getattr(transformers, config_name)(**fields), directory, **kw)
+
+    build.__name__ = f"tiny_{config_name}"
+    return build
+
+
 FIXTURES: dict[str, Callable[..., Path]] = {
     "llama": tiny_llama,
+    "smollm3": _builder("SmolLM3Config", **LLAMA_LIKE),
+    "granite": _builder(
+        "GraniteConfig", **LLAMA_LIKE, residual_multiplier=0.5, embedding_multiplier=2.0, logits_scaling=2.0
+    ),
+    "helium": _builder("HeliumConfig", **LLAMA_LIKE, head_dim=16),
+    "seed_oss": _builder("SeedOssConfig", **LLAMA_LIKE),
+    "arcee": _builder("ArceeConfig", **LLAMA_LIKE),
+    "falcon": _builder(
+        "FalconConfig", **SHAPE, new_decoder_architecture=True, num_kv_heads=2, bias=False, parallel_attn=True
+    ),
+    "starcoder2": _builder("Starcoder2Config", **LLAMA_LIKE, use_bias=True, sliding_window=None),
+    "gpt2": _builder(
+        "GPT2Config", vocab_size=384, n_embd=64, n_layer=5, n_head=4, n_positions=256, bos_token_id=1, eos_token_id=2
+    ),
+    "gpt_neox": _builder("GPTNeoXConfig", **SHAPE, intermediate_size=128, use_parallel_residual=True),
+    "phi": _builder("PhiConfig", **SHAPE, intermediate_size=128, partial_rotary_factor=0.5),
+    "gpt_oss": _builder(
+        "GptOssConfig",
+        **{**LLAMA_LIKE, "max_position_embeddings": 4096 * 32},  # its default YaRN factor 32 over 4096 positions
+        head_dim=16,
+        num_local_experts=4,
+        num_experts_per_tok=2,
+        sliding_window=8,
+    ),
+    "mistral": _builder("MistralConfig", **LLAMA_LIKE, sliding_window=None),
+    "qwen2": _builder("Qwen2Config", **LLAMA_LIKE, use_sliding_window=False),
 }

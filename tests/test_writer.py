@@ -29,7 +29,7 @@ def test_stream_rewrite_matches_reference(tmp_path: Path, dtype: torch.dtype) ->
     src = _tensors()
     save_file(src, str(tmp_path / "src.safetensors"), metadata={"format": "pt"})
     delta = torch.full((5,), 0.1)
-    plan = BiasPlan(new={}, add={"b.bias": delta}, config_updates={})
+    plan = BiasPlan(new={}, add={"b.bias": delta}, config_updates={}, strategy="existing_bias")
     extra = {"z.new": torch.ones(4, dtype=dtype)}
     keys, size = stream_rewrite(
         tmp_path / "src.safetensors", tmp_path / "out.safetensors", plan=plan, dtype=dtype, extra=extra
@@ -49,7 +49,7 @@ def test_stream_rewrite_matches_reference(tmp_path: Path, dtype: torch.dtype) ->
 
 def test_stream_rewrite_refuses_clashes(tmp_path: Path) -> None:
     save_file(_tensors(), str(tmp_path / "src.safetensors"))
-    plan = BiasPlan(new={}, add={}, config_updates={})
+    plan = BiasPlan(new={}, add={}, config_updates={}, strategy="existing_bias")
     with pytest.raises(ValueError, match="already exist"):
         stream_rewrite(
             tmp_path / "src.safetensors",
