@@ -7,6 +7,8 @@ dtype; an existing bias is ``(existing in float32 + plan)`` cast once (a double-
 from __future__ import annotations
 
 import copy
+import functools
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,9 +33,19 @@ class BiasPlan:
     add: dict[str, torch.Tensor]
     config_updates: dict[str, Any]
     strategy: str
+    rewrite: Callable[[str], list[tuple[str, Callable[[torch.Tensor], torch.Tensor] | None]] | None] | None = None
 
     def keys(self) -> set[str]:
         return set(self.new) | set(self.add)
+
+    def outputs_for(self, key: str) -> list[tuple[str, Callable[[torch.Tensor], torch.Tensor] | None]]:
+        """The output keys a source key becomes, with the transform for each (``None``: unchanged)."""
+        outputs = self.rewrite(key) if self.rewrite else None
+        return outputs if outputs is not None else [(key, None)]
+
+    def touches(self, key: str) -> bool:
+        """Whether the source tensor ``key`` must be decoded (added to or transformed)."""
+        return key in self.add or self.outputs_for(key) != [(key, None)]
 
 
 def _out_features(layer: nn.Module, bias_path: str) -> int:
@@ -43,7 +55,9 @@ def _out_features(layer: nn.Module, bias_path: str) -> int:
     return int(getattr(owner, "nf", weight.shape[0]))
 
 
-def bias_plan(model: nn.Module, spec: ArchitectureSpec, offsets: torch.Tensor) -> BiasPlan:
+def bias_plan(
+    model: nn.Module, spec: ArchitectureSpec, offsets: torch.Tensor, dtype: torch.dtype = torch.float32
+) -> BiasPlan:
     """The biases that make ``model`` (in the source's layout) add ``offsets[l]`` after block ``l``.
 
     Where the MLP output already carries a bias, the offset is added to it (broadcast over experts for per-expert
@@ -84,9 +98,17 @@ def bias_plan(model: nn.Module, spec: ArchitectureSpec, offsets: torch.Tensor) -
             if name == spec.down_bias:
                 new[key] = down_values[index].clone()
             else:
-                new[key] = torch.zeros(_out_features(layer, name), dtype=torch.float32)
+                size = (
+                    int(getattr(model.config, spec.remap.bias_sizes[name]))
+                    if spec.remap is not None
+                    else _out_features(layer, name)
+                )
+                new[key] = torch.zeros(size, dtype=torch.float32)
     strategy = Strategy.EXISTING_BIAS.value if not new else spec.strategy.value
-    return BiasPlan(new=new, add=add, config_updates=updates, strategy=strategy)
+    rewrite = None
+    if spec.remap is not None and spec.remap.rewrite is not None and "model_type" in updates:
+        rewrite = functools.partial(spec.remap.rewrite, config=model.config, dtype=dtype)  # type: ignore[call-arg]
+    return BiasPlan(new=new, add=add, config_updates=updates, strategy=strategy, rewrite=rewrite)
 
 
 def output_config(config: Any, spec: ArchitectureSpec, plan: BiasPlan, dtype: torch.dtype) -> Any:
@@ -101,6 +123,8 @@ def output_config(config: Any, spec: ArchitectureSpec, plan: BiasPlan, dtype: to
         known = set(target().to_dict())
         source = config.to_dict()
         kwargs = {k: v for k, v in source.items() if k in known and k not in ("model_type", "architectures")}
+        if spec.remap.config_fn is not None:
+            kwargs.update(spec.remap.config_fn(config))
         out = target(**kwargs)
         out.architectures = [spec.remap.architecture]
     for key, value in plan.config_updates.items():
@@ -108,8 +132,3 @@ def output_config(config: Any, spec: ArchitectureSpec, plan: BiasPlan, dtype: to
             setattr(out, key, value)
     out.dtype = dtype
     return out
-
-
-def apply_to_tensor(existing: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
-    """``existing + delta`` computed in float32 and rounded once to ``existing``'s dtype."""
-    return (existing.to(torch.float32) + delta.to(torch.float32)).to(existing.dtype)

@@ -228,7 +228,7 @@ def convert(model: str, output: Path, options: ConvertOptions | None = None) -> 
         else:
             vector = vector_file
         offsets = vector.offsets(band, options.alpha)
-        plan = bias_plan(loaded, spec, offsets)
+        plan = bias_plan(loaded, spec, offsets, dtype)
         out_config = output_config(loaded.config, spec, plan, dtype)
 
         pad_id = pad_token_id(tokenizer)

@@ -22,7 +22,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from bakesteer.bake import BiasPlan, apply_to_tensor
+from bakesteer.bake import BiasPlan
 from bakesteer.errors import OutputExistsError
 from bakesteer.progress import bar
 from bakesteer.source import INDEX_FILE, SINGLE_FILE
@@ -133,7 +133,7 @@ def _raw_bytes(tensor: torch.Tensor) -> memoryview:
 
 def _needs_rewrite(header: dict[str, Any], plan: BiasPlan, dtype: torch.dtype) -> bool:
     return any(
-        key in plan.add or (entry["dtype"] in FLOAT_CODES and FLOAT_CODES[entry["dtype"]] != dtype)
+        plan.touches(key) or (entry["dtype"] in FLOAT_CODES and FLOAT_CODES[entry["dtype"]] != dtype)
         for key, entry in _tensor_entries(header)
     )
 
@@ -141,8 +141,9 @@ def _needs_rewrite(header: dict[str, Any], plan: BiasPlan, dtype: torch.dtype) -
 def stream_rewrite(
     src: Path, dst: Path, *, plan: BiasPlan, dtype: torch.dtype, extra: dict[str, torch.Tensor] | None = None
 ) -> tuple[list[str], int]:
-    """Copy a safetensors file tensor by tensor, casting floats to ``dtype``, adding ``plan.add`` and appending
-    ``extra``. Unchanged tensors are copied as raw bytes; memory use is one tensor, never the whole file.
+    """Copy a safetensors file tensor by tensor: cast floats to ``dtype``, apply the plan's transforms (computed in
+    float32, rounded once), add ``plan.add``, and append ``extra``. Untouched tensors are copied as raw bytes, so
+    memory use is one tensor, never the whole file.
 
     Returns:
         The keys written and the size of their data in bytes.
@@ -150,52 +151,62 @@ def stream_rewrite(
     header, data_start = read_header(src)
     entries = _tensor_entries(header)
     extra = extra or {}
-    clash = set(extra) & {k for k, _ in entries}
-    if clash:
-        raise ValueError(f"the plan adds tensors that already exist: {sorted(clash)[:3]}")
     out_header: dict[str, Any] = {"__metadata__": header.get("__metadata__") or {"format": "pt"}}
-    jobs: list[tuple[str, Any]] = []  # (key, ("copy", start, end) | tensor)
+    jobs: list[Any] = []  # ("copy", start, end) | ("decode", source key, fn, output key) | tensor
     offset = 0
-    for key, entry in entries:
-        code, shape = entry["dtype"], entry["shape"]
-        if key in plan.add or (code in FLOAT_CODES and FLOAT_CODES[code] != dtype):
-            code = _SAFETENSORS_DTYPE[dtype] if code in FLOAT_CODES else code
-            job: Any = key  # decoded, patched and encoded when written
-        else:
-            begin, stop = entry["data_offsets"]
-            job = ("copy", data_start + begin, data_start + stop)
+
+    def place(key: str, code: str, shape: list[int], job: Any) -> None:
+        nonlocal offset
+        if key in out_header:
+            raise ValueError(f"the plan writes {key!r} twice")
         size = math.prod(shape) * _ITEMSIZE[code]
         out_header[key] = {"dtype": code, "shape": shape, "data_offsets": [offset, offset + size]}
-        jobs.append((key, job))
+        jobs.append(job)
         offset += size
+
+    for key, entry in entries:
+        code, shape = entry["dtype"], entry["shape"]
+        is_float = code in FLOAT_CODES
+        for out_key, fn in plan.outputs_for(key):
+            if fn is None and out_key not in plan.add and not (is_float and FLOAT_CODES[code] != dtype):
+                begin, stop = entry["data_offsets"]
+                place(out_key, code, shape, ("copy", data_start + begin, data_start + stop))
+                continue
+            out_shape = list(fn(torch.empty(shape, device="meta")).shape) if fn else shape
+            place(out_key, _SAFETENSORS_DTYPE[dtype] if is_float else code, out_shape, ("decode", key, fn, out_key))
     for key, tensor in extra.items():
-        size = tensor.numel() * tensor.element_size()
         code = _SAFETENSORS_DTYPE.get(tensor.dtype) or _torch_code(tensor.dtype)
-        out_header[key] = {"dtype": code, "shape": list(tensor.shape), "data_offsets": [offset, offset + size]}
-        jobs.append((key, tensor))
-        offset += size
+        place(key, code, list(tensor.shape), tensor)
     encoded = json.dumps(out_header, separators=(",", ":")).encode("utf-8")
     encoded += b" " * (-len(encoded) % 8)  # the data section starts 8-byte aligned, as safetensors writes it
     with src.open("rb") as source, dst.open("wb") as sink, safe_open(str(src), framework="pt") as lazy:
         sink.write(struct.pack("<Q", len(encoded)))
         sink.write(encoded)
-        for _key, job in jobs:
-            if isinstance(job, tuple):
+        for job in jobs:
+            if isinstance(job, torch.Tensor):
+                sink.write(_raw_bytes(job))
+            elif job[0] == "copy":
                 source.seek(job[1])
                 remaining = job[2] - job[1]
                 while remaining:
                     chunk = source.read(min(remaining, 1 << 24))
                     sink.write(chunk)
                     remaining -= len(chunk)
-                continue
-            tensor = job if isinstance(job, torch.Tensor) else lazy.get_tensor(job)
-            if isinstance(job, str):
-                if tensor.is_floating_point() and tensor.dtype != dtype:
-                    tensor = tensor.to(dtype)
-                if job in plan.add:
-                    tensor = apply_to_tensor(tensor, plan.add[job])
-            sink.write(_raw_bytes(tensor))
-    return [k for k, _ in jobs], offset
+            else:
+                _, key, fn, out_key = job
+                tensor = lazy.get_tensor(key)
+                if tensor.is_floating_point():
+                    # transforms and additions in float32 from the stored values; one rounding to the output dtype
+                    value = tensor.to(torch.float32)
+                    if fn is not None:
+                        value = fn(value)
+                    if out_key in plan.add:
+                        value = value + plan.add[out_key].to(torch.float32)
+                    tensor = value.to(dtype)
+                elif fn is not None:
+                    tensor = fn(tensor)
+                sink.write(_raw_bytes(tensor))
+    return [k for k in out_header if k != "__metadata__"], offset
 
 
 def _torch_code(dtype: torch.dtype) -> str:

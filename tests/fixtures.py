@@ -145,4 +145,12 @@ FIXTURES: dict[str, Callable[..., Path]] = {
     ),
     "mistral": _builder("MistralConfig", **LLAMA_LIKE, sliding_window=None),
     "qwen2": _builder("Qwen2Config", **LLAMA_LIKE, use_sliding_window=False),
+    "qwen3": _builder("Qwen3Config", **LLAMA_LIKE, head_dim=32, use_sliding_window=False),
+    "phi3": _builder(
+        "Phi3Config",
+        **LLAMA_LIKE,
+        sliding_window=None,
+        original_max_position_embeddings=256,
+    ),
+    "gemma": _builder("GemmaConfig", **LLAMA_LIKE, head_dim=32),
 }

@@ -94,8 +94,11 @@ def _config(name: str, **kw):
         ("Gemma3TextConfig", {}, "post_feedforward_layernorm"),
         ("Olmo2Config", {}, "post-norm"),
         ("MixtralConfig", {}, "experts have no bias"),
-        ("Phi3Config", {}, "fused qkv_proj"),
-        ("Qwen3Config", {}, "half a layer earlier"),
+        ("Phi3Config", {"partial_rotary_factor": 0.75, "sliding_window": None}, "partial_rotary_factor"),
+        ("Phi3Config", {"sliding_window": 2047, "max_position_embeddings": 4096}, "sliding-window"),
+        ("Qwen3Config", {"use_sliding_window": True, "sliding_window": 64, "max_window_layers": 0}, "sliding-window"),
+        ("Qwen3MoeConfig", {}, "half a layer earlier"),
+        ("GemmaConfig", {"tie_word_embeddings": False}, "untied"),
         ("GPTJConfig", {}, ""),
     ],
 )
@@ -117,3 +120,42 @@ def test_readme_support_table_is_generated_from_the_registry() -> None:
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     block = readme[readme.index(START) : readme.index(END) + len(END)]
     assert block == support_table(), "regenerate it: python -m bakesteer.architectures.table"
+
+
+def test_phi3_longrope_remap_is_exact(models_dir: Path, prompt_files, tmp_path: Path) -> None:
+    from fixtures import LLAMA_LIKE, save_model
+    from transformers import Phi3Config
+
+    # original context 16: the probes (about 25 tokens with the template) run on the long factors
+    rope = {
+        "rope_type": "longrope",
+        "rope_theta": 10000.0,
+        "original_max_position_embeddings": 16,
+        "long_factor": [1.0 + i / 8 for i in range(8)],
+        "short_factor": [1.0 + i / 16 for i in range(8)],
+    }
+    config = Phi3Config(**LLAMA_LIKE, sliding_window=None, rope_parameters=rope, original_max_position_embeddings=16)
+    src = save_model(config, models_dir / "phi3-longrope")
+    result = convert(str(src), tmp_path / "out", ConvertOptions(positive=prompt_files[0], negative=prompt_files[1]))
+    assert result.validation.passed and result.validation.relative_diff <= 1e-4
+    written = json.loads((result.output / "config.json").read_text())
+    assert written["model_type"] == "llama" and written["rope_parameters"]["rope_type"] == "longrope"
+    assert written["rope_parameters"]["long_factor"] == rope["long_factor"]
+
+
+def test_gemma_remap_unties_and_prescales(sources, prompt_files, tmp_path: Path) -> None:
+    from safetensors import safe_open
+
+    src = sources["gemma"]
+    result = convert(str(src), tmp_path / "out", ConvertOptions(positive=prompt_files[0], negative=prompt_files[1]))
+    written = json.loads((result.output / "config.json").read_text())
+    assert written["tie_word_embeddings"] is False and written["hidden_act"] == "gelu_pytorch_tanh"
+    with (
+        safe_open(str(src / "model.safetensors"), "pt") as a,
+        safe_open(str(result.output / "model.safetensors"), "pt") as b,
+    ):
+        emb = a.get_tensor("model.embed_tokens.weight")
+        assert torch.equal(b.get_tensor("lm_head.weight"), emb)
+        assert torch.equal(b.get_tensor("model.embed_tokens.weight"), emb * float(torch.tensor(64**0.5)))
+        norm = a.get_tensor("model.layers.0.input_layernorm.weight")
+        assert torch.equal(b.get_tensor("model.layers.0.input_layernorm.weight"), norm + 1)

@@ -35,21 +35,41 @@ RUNTIMES_ALL = ("transformers", "vllm", "llama.cpp")
 RUNTIMES_HF = ("transformers",)
 
 
+#: A tensor transform, applied in float32 before the one rounding to the output dtype.
+TensorFn = Callable[[Any], Any]
+#: For a source key: the output keys it becomes and how (``None``: unchanged), or ``None`` to keep it as is.
+Rewrite = Callable[[str, Any, Any], "list[tuple[str, TensorFn | None]] | None"]
+
+
 @dataclass(frozen=True)
 class Remap:
-    """A config-only remap onto an identical family.
+    """A remap onto a family with identical math whose flag creates the biases.
 
     Attributes:
         target: ``model_type`` written to ``config.json``.
         architecture: Its ``*ForCausalLM`` class name.
         config_updates: Attributes set on the target config (the flags that create the biases).
         zero_biases: Bias parameters (inside a block) the target creates that the source lacks; written as zeros.
+        bias_sizes: For each new bias, the config attribute giving its length (the source may not have the
+            module, e.g. Phi-3's fused ``gate_up_proj``).
+        config_fn: More target-config attributes computed from the source config.
+        rewrite: Named tensor transforms ``(key, config, dtype) -> outputs`` (splits, renames, rescales).
     """
 
     target: str
     architecture: str
     config_updates: Mapping[str, Any]
     zero_biases: tuple[str, ...] = ()
+    config_fn: Callable[[Any], dict[str, Any]] | None = None
+    rewrite: Rewrite | None = None
+    bias_sizes: Mapping[str, str] = field(
+        default_factory=lambda: {
+            "mlp.gate_proj.bias": "intermediate_size",
+            "mlp.up_proj.bias": "intermediate_size",
+            "mlp.down_proj.bias": "hidden_size",
+            "self_attn.o_proj.bias": "hidden_size",
+        }
+    )
 
 
 @dataclass(frozen=True)
@@ -127,6 +147,56 @@ def _silu(config: Any) -> str | None:
     act = getattr(config, "hidden_act", "silu")
     if act != "silu":
         return f"hidden_act={act!r}: vLLM and llama.cpp hard-code SiLU for Llama, so the remap would not be portable"
+    return None
+
+
+# --------------------------------------------------------------------------- named tensor transforms
+
+
+def _rows(start: int, stop: int) -> TensorFn:
+    return lambda t: t[start:stop]
+
+
+def phi3_rewrite(key: str, config: Any, dtype: Any) -> list[tuple[str, TensorFn | None]] | None:
+    """Split Phi-3's fused projections into Llama's: ``qkv_proj`` rows are q, k, v in that order; ``gate_up_proj``
+    rows are gate (first half) then up, as ``Phi3MLP`` chunks them."""
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    q = config.num_attention_heads * head_dim
+    kv = config.num_key_value_heads * head_dim
+    if key.endswith("self_attn.qkv_proj.weight"):
+        prefix = key.removesuffix("qkv_proj.weight")
+        return [
+            (prefix + "q_proj.weight", _rows(0, q)),
+            (prefix + "k_proj.weight", _rows(q, q + kv)),
+            (prefix + "v_proj.weight", _rows(q + kv, q + 2 * kv)),
+        ]
+    if key.endswith("mlp.gate_up_proj.weight"):
+        prefix, half = key.removesuffix("gate_up_proj.weight"), config.intermediate_size
+        return [(prefix + "gate_proj.weight", _rows(0, half)), (prefix + "up_proj.weight", _rows(half, 2 * half))]
+    return None
+
+
+def gemma_rewrite(key: str, config: Any, dtype: Any) -> list[tuple[str, TensorFn | None]] | None:
+    """Gemma as Llama: RMSNorm weights ``w`` become ``1 + w``; the embedding is pre-multiplied by ``sqrt(hidden)``
+    rounded to the model dtype (as Gemma rounds its ``embed_scale``) and the LM head keeps the unscaled copy, so
+    the tie is broken on purpose."""
+    import torch
+
+    if key.endswith("layernorm.weight") or key == "model.norm.weight":
+        return [(key, lambda t: t + 1.0)]
+    if key == "model.embed_tokens.weight":
+        scale = float(torch.tensor(config.hidden_size**0.5).to(dtype))
+        return [(key, lambda t: t * scale), ("lm_head.weight", None)]
+    return None
+
+
+def _gemma_config(config: Any) -> dict[str, Any]:
+    return {"tie_word_embeddings": False}
+
+
+def _no_tied_lm_head(config: Any) -> str | None:
+    if not getattr(config, "tie_word_embeddings", True):
+        return "its LM head is untied, so the embedding cannot be pre-scaled without changing the head"
     return None
 
 
@@ -212,6 +282,45 @@ _ENTRIES = (
         notes="Without a sliding window Mistral is Llama: config-only remap, same tensor names.",
     ),
     ArchitectureSpec(
+        "phi3",
+        Strategy.REMAP,
+        remap=Remap("llama", "LlamaForCausalLM", {"mlp_bias": True}, rewrite=phi3_rewrite),
+        flag_biases=LLAMA_MLP,
+        runtimes=RUNTIMES_ALL,
+        guards=LLAMA_REMAP_GUARDS,
+        notes="Phi-3/3.5/4 as Llama: fused `qkv_proj` and `gate_up_proj` split; longrope kept.",
+    ),
+    ArchitectureSpec(
+        "gemma",
+        Strategy.REMAP,
+        remap=Remap("llama", "LlamaForCausalLM", {"mlp_bias": True}, config_fn=_gemma_config, rewrite=gemma_rewrite),
+        flag_biases=LLAMA_MLP,
+        runtimes=RUNTIMES_HF,
+        guards=(_no_sliding_window, _full_rotary, _no_tied_lm_head),
+        notes="Gemma 1 as Llama: norms 1+w, embedding pre-scaled, LM head untied (+V x H parameters). Exact in "
+        "float32; bf16 within the floor. transformers only: vLLM and llama.cpp hard-code SiLU for Llama.",
+    ),
+    ArchitectureSpec(
+        "qwen3",
+        Strategy.REMAP,
+        remap=Remap(
+            "hy_v3",
+            "HYV3ForCausalLM",
+            {"mlp_bias": True},
+            config_fn=lambda c: {
+                "mlp_layer_types": ["dense"] * c.num_hidden_layers,
+                "num_experts": 1,
+                "num_shared_experts": 0,
+                "num_experts_per_tok": 1,
+            },
+        ),
+        flag_biases=LLAMA_MLP,
+        runtimes=RUNTIMES_HF,
+        guards=(_no_sliding_window,),
+        notes="Qwen3 as HY-V3 with every layer dense: the same attention (q/k norms) and MLP, plus `mlp_bias`, at "
+        "the exact layer-output site. Needs transformers >= 5; vLLM and llama.cpp do not know HY-V3.",
+    ),
+    ArchitectureSpec(
         "qwen2",
         Strategy.REMAP,
         remap=Remap(
@@ -238,8 +347,6 @@ class Refusal:
 _NO_SITE = "a norm sits between its MLP output and the residual stream, so no bias can carry the offset exactly"
 _NO_BIAS_MOE = "its experts have no bias, so no bias can carry the offset"
 _HOOKS = "steer it with forward hooks at run time (bakesteer.hooks.steering) instead of baking"
-_LATER = "an exact remap is not implemented yet"
-_USE_HOOKS_FOR_NOW = "steer it with forward hooks at run time (bakesteer.hooks.steering) until the remap lands"
 #: Families refused with a reason and a way forward, given in the error.
 REFUSED: Mapping[str, Refusal] = {
     "gemma2": Refusal(f"{_NO_SITE} (post_feedforward_layernorm)", _HOOKS),
@@ -248,10 +355,10 @@ REFUSED: Mapping[str, Refusal] = {
     "olmo2": Refusal(f"{_NO_SITE} (post-norm blocks)", _HOOKS),
     "mixtral": Refusal(_NO_BIAS_MOE, _HOOKS),
     "qwen2_moe": Refusal(_NO_BIAS_MOE, _HOOKS),
-    "gemma": Refusal(f"{_LATER} (norm weights 1+w, scaled embeddings)", _USE_HOOKS_FOR_NOW),
-    "phi3": Refusal(f"{_LATER} (fused qkv_proj and gate_up_proj)", _USE_HOOKS_FOR_NOW),
-    "qwen3": Refusal(f"{_LATER} (no MLP bias; its o_proj bias sits half a layer earlier)", _USE_HOOKS_FOR_NOW),
-    "qwen3_moe": Refusal(_NO_BIAS_MOE, _HOOKS),
+    "qwen3_moe": Refusal(
+        f"{_NO_BIAS_MOE}; its o_proj bias would move the site half a layer earlier, which is not implemented",
+        _HOOKS,
+    ),
 }
 
 
