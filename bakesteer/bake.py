@@ -10,6 +10,7 @@ import copy
 import functools
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -75,6 +76,12 @@ def bias_plan(
     new: dict[str, torch.Tensor] = {}
     add: dict[str, torch.Tensor] = {}
     updates: dict[str, Any] = {}
+    if spec.remote is not None:
+        # the generated modeling file gives every block a `steering_vector` buffer, added to its output
+        new = {f"{spec.layers}.{i}.{spec.down_bias}": down_values[i].clone() for i in range(len(layers))}
+        return BiasPlan(
+            new=new, add={}, config_updates={"model_type": f"steered_{spec.model_type}"}, strategy=spec.strategy.value
+        )
     for index, layer in enumerate(layers):
         prefix = f"{spec.layers}.{index}"
         params = dict(layer.named_parameters())
@@ -114,7 +121,7 @@ def bias_plan(
 def output_config(config: Any, spec: ArchitectureSpec, plan: BiasPlan, dtype: torch.dtype) -> Any:
     """The config to write: the source's with the plan's flags on, or, for a remap, the target family's config
     built from the source's fields (only fields the target knows are kept)."""
-    if spec.remap is None or "model_type" not in plan.config_updates:
+    if spec.remap is None or "model_type" not in plan.config_updates:  # remote code: config.json is patched later
         out = copy.deepcopy(config)
     else:
         from transformers import CONFIG_MAPPING
@@ -128,7 +135,44 @@ def output_config(config: Any, spec: ArchitectureSpec, plan: BiasPlan, dtype: to
         out = target(**kwargs)
         out.architectures = [spec.remap.architecture]
     for key, value in plan.config_updates.items():
-        if key != "model_type":
+        if key != "model_type" and spec.remote is None:
             setattr(out, key, value)
     out.dtype = dtype
     return out
+
+
+MODELING_FILE = "modeling_steered.py"
+
+
+def write_remote_code(directory: Path, spec: ArchitectureSpec, version: str) -> dict[str, Any]:
+    """Write the generated modeling file for a ``REMOTE_CODE`` family and point ``config.json`` at it.
+
+    Returns:
+        The config.json entries that were changed.
+    """
+    import json
+    from importlib import resources
+
+    assert spec.remote is not None
+    template = resources.files("bakesteer.templates").joinpath("modeling_steered.py.tmpl").read_text()
+    (directory / MODELING_FILE).write_text(
+        template.format(
+            base_type=spec.model_type,
+            version=version,
+            reason=spec.remote.reason,
+            layers=spec.layers,
+            config_class=spec.remote.config_class,
+            model_class=spec.remote.model_class,
+        )
+    )
+    module = MODELING_FILE.removesuffix(".py")
+    updates = {
+        "model_type": f"steered_{spec.model_type}",
+        "architectures": ["SteeredForCausalLM"],
+        "auto_map": {"AutoConfig": f"{module}.SteeredConfig", "AutoModelForCausalLM": f"{module}.SteeredForCausalLM"},
+    }
+    path = directory / "config.json"
+    config = json.loads(path.read_text())
+    config.update(updates)
+    path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    return updates

@@ -70,6 +70,12 @@ class ConvertOptions:
         group="bake",
         path=True,
     )
+    allow_remote_code: bool = _opt(
+        False,
+        "For families with no exact bias site (Gemma2/3, OLMo2, Mixtral, Qwen3-MoE): write a checkpoint with its own "
+        "model_type and a small modeling file, loaded with trust_remote_code=True.",
+        group="bake",
+    )
     revision: str | None = _opt(None, "Hub revision (branch, tag or commit) of MODEL.", group="runtime")
     dtype: str = _opt(
         "auto",

@@ -23,7 +23,7 @@ import torch
 
 from bakesteer import __version__
 from bakesteer.architectures import ArchitectureSpec, spec_for
-from bakesteer.bake import BiasPlan, bias_plan, output_config
+from bakesteer.bake import BiasPlan, bias_plan, output_config, write_remote_code
 from bakesteer.batching import pad_token_id
 from bakesteer.calibration import difference_of_means, mean_norms, residual_statistics, unit_directions
 from bakesteer.options import ConvertOptions, check_alpha_for_model, parse_layers
@@ -137,7 +137,7 @@ def _prepare(model: str, options: ConvertOptions) -> tuple[ModelSource, Any, Arc
     options.check()
     source = resolve_source(model, revision=options.revision)
     config = load_config(source)
-    spec = spec_for(config)
+    spec = spec_for(config, allow_remote_code=options.allow_remote_code)
     band = parse_layers(options.layers, int(config.num_hidden_layers))
     check_alpha_for_model(options.alpha, int(config.hidden_size))
     return source, config, spec, band
@@ -244,6 +244,8 @@ def convert(model: str, output: Path, options: ConvertOptions | None = None) -> 
         with timer.stage("write"):
             written = write_weights(source.directory, source.weight_files, source.index_file, plan, staging.path, dtype)
             out_config.save_pretrained(staging.path)
+            if spec.remote is not None:
+                write_remote_code(staging.path, spec, __version__)
             generation_config.save_pretrained(staging.path)
             tokenizer.save_pretrained(staging.path)
         with timer.stage("validate"):
@@ -253,6 +255,7 @@ def convert(model: str, output: Path, options: ConvertOptions | None = None) -> 
                 probes,
                 expected_keys=plan.keys(),
                 config_updates=plan.config_updates,
+                trust_remote_code=spec.remote is not None,
                 alpha=options.alpha,
                 device=device,
                 **io,

@@ -275,6 +275,17 @@ def tolerance_for(reference: Reference) -> tuple[float, str]:
     return tolerance, f"{FLOOR_FACTOR:g} x the floor measured in this run ({reference.floor:.3g})"
 
 
+def _check_plain_load_refused(directory: Path) -> None:
+    """A remote-code checkpoint must fail loudly without trust_remote_code (never load unsteered)."""
+    from transformers import AutoConfig
+
+    try:
+        AutoConfig.from_pretrained(directory, trust_remote_code=False)
+    except ValueError:
+        return
+    raise ValidationError("config", "the remote-code checkpoint loads without trust_remote_code (unsteered)")
+
+
 def validate_checkpoint(
     directory: Path,
     reference: Reference,
@@ -282,6 +293,7 @@ def validate_checkpoint(
     *,
     expected_keys: set[str],
     config_updates: dict[str, Any] | None = None,
+    trust_remote_code: bool = False,
     alpha: float,
     device: torch.device,
     batch_size: int,
@@ -297,8 +309,14 @@ def validate_checkpoint(
     """
     from transformers import AutoModelForCausalLM
 
+    if trust_remote_code:
+        _check_plain_load_refused(directory)
     loaded: Any = AutoModelForCausalLM.from_pretrained(
-        directory, dtype=reference.dtype, use_safetensors=True, output_loading_info=True
+        directory,
+        dtype=reference.dtype,
+        use_safetensors=True,
+        output_loading_info=True,
+        trust_remote_code=trust_remote_code,
     )
     model, info = loaded
     model.to(device).eval()

@@ -153,4 +153,11 @@ FIXTURES: dict[str, Callable[..., Path]] = {
         original_max_position_embeddings=256,
     ),
     "gemma": _builder("GemmaConfig", **LLAMA_LIKE, head_dim=32),
+    "gemma2": _builder("Gemma2Config", **LLAMA_LIKE, head_dim=16, sliding_window=8),
+    "gemma3_text": _builder("Gemma3TextConfig", **LLAMA_LIKE, head_dim=16, sliding_window=8),
+    "olmo2": _builder("Olmo2Config", **LLAMA_LIKE),
+    "mixtral": _builder("MixtralConfig", **LLAMA_LIKE, num_local_experts=4, num_experts_per_tok=2),
+    "qwen3_moe": _builder(
+        "Qwen3MoeConfig", **LLAMA_LIKE, head_dim=16, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32
+    ),
 }

@@ -35,7 +35,11 @@ def test_entry_bakes_exactly(model_type: str, dtype: str, sources, prompt_files,
     from transformers import AutoConfig, AutoModelForCausalLM
 
     src = sources[model_type]
-    opts = ConvertOptions(positive=prompt_files[0], negative=prompt_files[1], dtype=dtype, greedy_tokens=20)
+    spec = REGISTRY[model_type]
+    remote = spec.remote is not None
+    opts = ConvertOptions(
+        positive=prompt_files[0], negative=prompt_files[1], dtype=dtype, greedy_tokens=20, allow_remote_code=remote
+    )
     result = convert(str(src), tmp_path / "out", opts)
     v = result.validation
     assert v.passed and not v.missing_keys and not v.unexpected_keys
@@ -45,19 +49,22 @@ def test_entry_bakes_exactly(model_type: str, dtype: str, sources, prompt_files,
     else:
         assert v.floor_relative and v.relative_diff <= 2 * v.floor_relative
 
-    spec = REGISTRY[model_type]
     written = json.loads((result.output / "config.json").read_text())
-    reloaded = AutoConfig.from_pretrained(result.output)
-    assert reloaded.model_type == (spec.remap.target if spec.remap else model_type)
+    reloaded = AutoConfig.from_pretrained(result.output, trust_remote_code=remote)
+    expected_type = spec.remap.target if spec.remap else f"steered_{model_type}" if remote else model_type
+    assert reloaded.model_type == written["model_type"] == expected_type
     for key, value in result.metadata["architecture"]["config_updates"].items():
         assert written[key] == value and getattr(reloaded, key) == value  # config round-trip
+    if remote:
+        with pytest.raises(ValueError):  # a plain load fails loudly instead of silently dropping the steering
+            AutoConfig.from_pretrained(result.output)
     assert result.metadata["architecture"]["runtimes"] == list(spec.runtimes)
 
     if dtype == "float32":
         # 20 greedy tokens with KV cache: the plain reload continues exactly like the hooked source
         offsets = SteeringVector.load(result.output / "steering.safetensors").offsets(result.band, 1.0)
         ids = torch.tensor([[1, 50, 60, 70, 80, 90]])
-        baked = AutoModelForCausalLM.from_pretrained(result.output).eval()
+        baked = AutoModelForCausalLM.from_pretrained(result.output, trust_remote_code=remote).eval()
         source = AutoModelForCausalLM.from_pretrained(src).eval()
         kw = {"do_sample": False, "max_new_tokens": 20, "min_new_tokens": 20, "pad_token_id": 0}
         with torch.no_grad(), steering(source, spec, offsets):
@@ -90,7 +97,9 @@ def _config(name: str, **kw):
         ("Qwen2Config", {"use_sliding_window": True, "sliding_window": 128, "max_window_layers": 0}, "sliding-window"),
         ("MistralConfig", {"sliding_window": None, "hidden_act": "gelu"}, "hard-code SiLU"),
         ("MistralConfig", {"sliding_window": None, "partial_rotary_factor": 0.75}, "partial_rotary_factor"),
-        ("Gemma2Config", {}, "post_feedforward_layernorm"),
+        ("Gemma2Config", {}, "--allow-remote-code"),
+        ("Gemma3Config", {}, "multimodal wrapper"),
+        ("Qwen2MoeConfig", {}, "experts have no bias"),
         ("Gemma3TextConfig", {}, "post_feedforward_layernorm"),
         ("Olmo2Config", {}, "post-norm"),
         ("MixtralConfig", {}, "experts have no bias"),
@@ -159,3 +168,18 @@ def test_gemma_remap_unties_and_prescales(sources, prompt_files, tmp_path: Path)
         assert torch.equal(b.get_tensor("model.embed_tokens.weight"), emb * float(torch.tensor(64**0.5)))
         norm = a.get_tensor("model.layers.0.input_layernorm.weight")
         assert torch.equal(b.get_tensor("model.layers.0.input_layernorm.weight"), norm + 1)
+
+
+def test_mixtral_remote_code_keeps_the_expert_conversion(sources, prompt_files, tmp_path: Path) -> None:
+    """transformers converts per-expert checkpoint keys to fused experts by model_type; the steered type must too."""
+    from safetensors import safe_open
+
+    with safe_open(str(sources["mixtral"] / "model.safetensors"), "pt") as f:
+        assert any(".experts.0.w1.weight" in k for k in f.keys())  # stored per expert, fused on load
+    opts = ConvertOptions(positive=prompt_files[0], negative=prompt_files[1], allow_remote_code=True)
+    result = convert(str(sources["mixtral"]), tmp_path / "out", opts)
+    assert result.validation.passed and result.validation.relative_diff == 0.0
+    code = (result.output / "modeling_steered.py").read_text()
+    assert (
+        'register_checkpoint_conversion_mapping("steered_mixtral"' in code and "bakesteer" not in code.split('"""')[2]
+    )

@@ -31,7 +31,12 @@ def test_wheel_ships_data_and_runs_from_elsewhere(tmp_path: Path) -> None:
     )
     (wheel,) = (tmp_path / "dist").glob("bakesteer-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
-    assert {"bakesteer/data/harmful.txt", "bakesteer/data/harmless.txt", "bakesteer/py.typed"} <= names
+    assert {
+        "bakesteer/data/harmful.txt",
+        "bakesteer/data/harmless.txt",
+        "bakesteer/py.typed",
+        "bakesteer/templates/modeling_steered.py.tmpl",
+    } <= names
     subprocess.run(
         [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(tmp_path / "site"), str(wheel)],
         check=True,

@@ -27,6 +27,8 @@ class Strategy(str, Enum):
     NATIVE_FLAG = "native_flag"
     #: Rewrite the config as an identical family whose flag creates the biases (same tensor names and math).
     REMAP = "remap"
+    #: No bias site exists: a new model_type with a small modeling file (opt-in, ``--allow-remote-code``).
+    REMOTE_CODE = "remote_code"
 
 
 Guard = Callable[[Any], "str | None"]
@@ -73,6 +75,21 @@ class Remap:
 
 
 @dataclass(frozen=True)
+class RemoteCode:
+    """A checkpoint that steers itself through a generated modeling file.
+
+    Attributes:
+        config_class: The base family's config class (subclassed with model_type ``steered_<type>``).
+        model_class: The base family's ``*ForCausalLM`` class (subclassed to carry and add the vectors).
+        reason: Why no exact bias exists (written into the modeling file and the error).
+    """
+
+    config_class: str
+    model_class: str
+    reason: str
+
+
+@dataclass(frozen=True)
 class ArchitectureSpec:
     """How one family carries a baked offset.
 
@@ -87,6 +104,7 @@ class ArchitectureSpec:
         flag: The config attribute that creates the biases (``NATIVE_FLAG``).
         flag_biases: Every bias parameter (inside a block) the flag creates; all but ``down_bias`` are zeros.
         remap: The target family (``REMAP``).
+        remote: The generated-code fallback (``REMOTE_CODE``; only with ``allow_remote_code``).
         offset_divisor: Config attribute scaling the MLP output before the residual add (the bias is ``v / it``).
         runtimes: Runtimes known to load the baked checkpoint with the offset applied.
         guards: Functions of the config returning a reason to refuse it, or ``None``.
@@ -101,6 +119,7 @@ class ArchitectureSpec:
     flag: str | None = None
     flag_biases: tuple[str, ...] = ()
     remap: Remap | None = None
+    remote: RemoteCode | None = None
     offset_divisor: str | None = None
     runtimes: tuple[str, ...] = RUNTIMES_HF
     guards: tuple[Guard, ...] = field(default=(), compare=False)
@@ -214,7 +233,7 @@ def _existing(model_type: str, down_bias: str, **kw: Any) -> ArchitectureSpec:
     return ArchitectureSpec(model_type, Strategy.EXISTING_BIAS, down_bias=down_bias, runtimes=RUNTIMES_ALL, **kw)
 
 
-_ENTRIES = (
+_ENTRIES: tuple[ArchitectureSpec, ...] = (
     _flag(
         "llama",
         runtimes=RUNTIMES_ALL,
@@ -333,6 +352,34 @@ _ENTRIES = (
     ),
 )
 
+_NO_SITE = "a norm sits between its MLP output and the residual stream, so no bias can carry the offset exactly"
+_NO_BIAS_MOE = "its experts have no bias, so no bias can carry the offset"
+
+
+def _remote(model_type: str, config_class: str, model_class: str, reason: str) -> ArchitectureSpec:
+    return ArchitectureSpec(
+        model_type,
+        Strategy.REMOTE_CODE,
+        down_bias="steering_vector",
+        remote=RemoteCode(config_class, model_class, reason),
+        notes=f"Opt-in remote code: {reason}.",
+    )
+
+
+_REMOTE_ENTRIES = (
+    _remote("gemma2", "Gemma2Config", "Gemma2ForCausalLM", f"{_NO_SITE} (post_feedforward_layernorm)"),
+    _remote("gemma3_text", "Gemma3TextConfig", "Gemma3ForCausalLM", f"{_NO_SITE} (post_feedforward_layernorm)"),
+    _remote("olmo2", "Olmo2Config", "Olmo2ForCausalLM", f"{_NO_SITE} (post-norm blocks)"),
+    _remote("mixtral", "MixtralConfig", "MixtralForCausalLM", _NO_BIAS_MOE),
+    _remote(
+        "qwen3_moe",
+        "Qwen3MoeConfig",
+        "Qwen3MoeForCausalLM",
+        f"{_NO_BIAS_MOE} (its o_proj bias would move the site half a layer earlier)",
+    ),
+)
+_ENTRIES = (*_ENTRIES, *_REMOTE_ENTRIES)
+
 REGISTRY: Mapping[str, ArchitectureSpec] = {spec.model_type: spec for spec in _ENTRIES}
 
 
@@ -344,21 +391,14 @@ class Refusal:
     way_forward: str
 
 
-_NO_SITE = "a norm sits between its MLP output and the residual stream, so no bias can carry the offset exactly"
-_NO_BIAS_MOE = "its experts have no bias, so no bias can carry the offset"
 _HOOKS = "steer it with forward hooks at run time (bakesteer.hooks.steering) instead of baking"
 #: Families refused with a reason and a way forward, given in the error.
 REFUSED: Mapping[str, Refusal] = {
-    "gemma2": Refusal(f"{_NO_SITE} (post_feedforward_layernorm)", _HOOKS),
-    "gemma3": Refusal(f"{_NO_SITE} (post_feedforward_layernorm)", _HOOKS),
-    "gemma3_text": Refusal(f"{_NO_SITE} (post_feedforward_layernorm)", _HOOKS),
-    "olmo2": Refusal(f"{_NO_SITE} (post-norm blocks)", _HOOKS),
-    "mixtral": Refusal(_NO_BIAS_MOE, _HOOKS),
-    "qwen2_moe": Refusal(_NO_BIAS_MOE, _HOOKS),
-    "qwen3_moe": Refusal(
-        f"{_NO_BIAS_MOE}; its o_proj bias would move the site half a layer earlier, which is not implemented",
-        _HOOKS,
+    "gemma3": Refusal(
+        f"{_NO_SITE} (post_feedforward_layernorm); the multimodal wrapper is not supported yet",
+        "bake the text-only Gemma3ForCausalLM checkpoint with --allow-remote-code, or " + _HOOKS,
     ),
+    "qwen2_moe": Refusal(_NO_BIAS_MOE + " (shared expert gated by a sigmoid)", _HOOKS),
 }
 
 
@@ -367,11 +407,12 @@ def supported_model_types() -> list[str]:
     return sorted(REGISTRY)
 
 
-def spec_for(config: Any) -> ArchitectureSpec:
+def spec_for(config: Any, *, allow_remote_code: bool = False) -> ArchitectureSpec:
     """The registry entry for a parsed transformers config.
 
     Args:
         config: A ``PretrainedConfig`` (from ``AutoConfig``; never the raw JSON, which some configs rewrite).
+        allow_remote_code: Accept families that need a generated modeling file.
 
     Raises:
         UnsupportedArchitectureError: no entry for ``config.model_type``, or the entry's guards refuse it.
@@ -384,6 +425,13 @@ def spec_for(config: Any) -> ArchitectureSpec:
             raise UnsupportedArchitectureError(model_type, supported_model_types())
         raise UnsupportedArchitectureError(
             model_type, supported_model_types(), reason=refusal.reason, hint=refusal.way_forward
+        )
+    if spec.remote is not None and not allow_remote_code:
+        raise UnsupportedArchitectureError(
+            model_type,
+            supported_model_types(),
+            reason=f"{spec.remote.reason}; only a remote-code checkpoint can carry the steering",
+            hint="pass --allow-remote-code to write one (it loads with trust_remote_code=True), or " + _HOOKS,
         )
     reason = spec.refusal(config)
     if reason:

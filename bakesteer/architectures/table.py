@@ -11,6 +11,7 @@ _STRATEGY = {
     Strategy.EXISTING_BIAS: "existing bias",
     Strategy.NATIVE_FLAG: "native flag",
     Strategy.REMAP: "remap",
+    Strategy.REMOTE_CODE: "remote code (opt-in)",
 }
 
 
