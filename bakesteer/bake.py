@@ -169,7 +169,10 @@ def write_remote_code(directory: Path, spec: ArchitectureSpec, version: str) -> 
     updates = {
         "model_type": f"steered_{spec.model_type}",
         "architectures": ["SteeredForCausalLM"],
-        "auto_map": {"AutoConfig": f"{module}.SteeredConfig", "AutoModelForCausalLM": f"{module}.SteeredForCausalLM"},
+        "auto_map": {
+            "AutoConfig": f"{module}.SteeredConfig",
+            **dict.fromkeys(spec.remote.auto_classes, f"{module}.SteeredForCausalLM"),
+        },
     }
     path = directory / "config.json"
     config = json.loads(path.read_text())

@@ -54,7 +54,7 @@ def residual_statistics(
     excluded through the attention mask. Batches are left-padded, so each row's last real token is at ``-1``.
     """
     num_layers = len(decoder_layers(model, spec))
-    d_model = int(model.config.hidden_size)  # type: ignore[union-attr,arg-type]
+    d_model = int(model.config.get_text_config().hidden_size)  # type: ignore[union-attr,operator]
     device = next(model.parameters()).device
     norm_sum = torch.zeros(num_layers, dtype=torch.float64)
     last_sum = torch.zeros(num_layers, d_model, dtype=torch.float64)

@@ -138,8 +138,9 @@ def _prepare(model: str, options: ConvertOptions) -> tuple[ModelSource, Any, Arc
     source = resolve_source(model, revision=options.revision)
     config = load_config(source)
     spec = spec_for(config, allow_remote_code=options.allow_remote_code)
-    band = parse_layers(options.layers, int(config.num_hidden_layers))
-    check_alpha_for_model(options.alpha, int(config.hidden_size))
+    text = config.get_text_config()  # the config itself, or a multimodal model's language part
+    band = parse_layers(options.layers, int(text.num_hidden_layers))
+    check_alpha_for_model(options.alpha, int(text.hidden_size))
     return source, config, spec, band
 
 
@@ -210,7 +211,10 @@ def convert(model: str, output: Path, options: ConvertOptions | None = None) -> 
     if options.vector is not None:
         vector_file = SteeringVector.load(options.vector)
         vector_file.check_fits(
-            str(config.model_type), int(config.num_hidden_layers), int(config.hidden_size), Path(options.vector).name
+            str(config.model_type),
+            int(config.get_text_config().num_hidden_layers),
+            int(config.get_text_config().hidden_size),
+            Path(options.vector).name,
         )
     positive = load_prompt_set(options.positive, "positive")
     negative = load_prompt_set(options.negative, "negative")

@@ -93,7 +93,7 @@ def save_model(
     model.to(dtype)
     kwargs = {"max_shard_size": max_shard_size} if max_shard_size else {}
     model.save_pretrained(directory, **kwargs)
-    make_tokenizer(directory, vocab_size=config.vocab_size, chat_template=chat_template)
+    make_tokenizer(directory, vocab_size=config.get_text_config().vocab_size, chat_template=chat_template)
     return directory
 
 
@@ -155,6 +155,22 @@ FIXTURES: dict[str, Callable[..., Path]] = {
     "gemma": _builder("GemmaConfig", **LLAMA_LIKE, head_dim=32),
     "gemma2": _builder("Gemma2Config", **LLAMA_LIKE, head_dim=16, sliding_window=8),
     "gemma3_text": _builder("Gemma3TextConfig", **LLAMA_LIKE, head_dim=16, sliding_window=8),
+    "gemma3": _builder(
+        "Gemma3Config",
+        text_config=dict(LLAMA_LIKE, head_dim=16, sliding_window=8),
+        vision_config=dict(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            image_size=28,
+            patch_size=14,
+        ),
+        mm_tokens_per_image=4,
+        image_token_index=383,
+        boi_token_index=381,
+        eoi_token_index=382,
+    ),
     "olmo2": _builder("Olmo2Config", **LLAMA_LIKE),
     "mixtral": _builder("MixtralConfig", **LLAMA_LIKE, num_local_experts=4, num_experts_per_tok=2),
     "qwen3_moe": _builder(

@@ -98,7 +98,7 @@ def _config(name: str, **kw):
         ("MistralConfig", {"sliding_window": None, "hidden_act": "gelu"}, "hard-code SiLU"),
         ("MistralConfig", {"sliding_window": None, "partial_rotary_factor": 0.75}, "partial_rotary_factor"),
         ("Gemma2Config", {}, "--allow-remote-code"),
-        ("Gemma3Config", {}, "multimodal wrapper"),
+        ("Gemma3Config", {}, "--allow-remote-code"),
         ("Qwen2MoeConfig", {}, "experts have no bias"),
         ("Gemma3TextConfig", {}, "post_feedforward_layernorm"),
         ("Olmo2Config", {}, "post-norm"),
@@ -183,3 +183,28 @@ def test_mixtral_remote_code_keeps_the_expert_conversion(sources, prompt_files, 
     assert (
         'register_checkpoint_conversion_mapping("steered_mixtral"' in code and "bakesteer" not in code.split('"""')[2]
     )
+
+
+def test_gemma3_multimodal_loads_as_image_text_to_text(sources, prompt_files, tmp_path: Path) -> None:
+    from transformers import AutoModelForImageTextToText
+
+    opts = ConvertOptions(positive=prompt_files[0], negative=prompt_files[1], allow_remote_code=True)
+    result = convert(str(sources["gemma3"]), tmp_path / "out", opts)
+    config = json.loads((result.output / "config.json").read_text())
+    assert set(config["auto_map"]) == {"AutoConfig", "AutoModelForCausalLM", "AutoModelForImageTextToText"}
+    model = AutoModelForImageTextToText.from_pretrained(result.output, trust_remote_code=True)
+    vectors = [layer.steering_vector for layer in model.model.language_model.layers]
+    assert [bool(v.any()) for v in vectors] == [False, False, True, True, True]
+
+
+def test_tied_qwen2_stays_tied_under_the_remap(models_dir: Path, prompt_files, tmp_path: Path) -> None:
+    # LlamaConfig defaults to untied embeddings: a remap that dropped the flag would leave lm_head random
+    from fixtures import LLAMA_LIKE, save_model
+    from transformers import AutoModelForCausalLM, Qwen2Config
+
+    src = save_model(Qwen2Config(**LLAMA_LIKE, tie_word_embeddings=True), models_dir / "qwen2-tied", seed=7)
+    result = convert(str(src), tmp_path / "out", ConvertOptions(positive=prompt_files[0], negative=prompt_files[1]))
+    assert json.loads((result.output / "config.json").read_text())["tie_word_embeddings"] is True
+    model = AutoModelForCausalLM.from_pretrained(result.output)
+    assert model.lm_head.weight.data_ptr() == model.model.embed_tokens.weight.data_ptr()
+    assert result.validation.passed and result.validation.relative_diff <= 1e-4

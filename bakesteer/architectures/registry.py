@@ -82,11 +82,13 @@ class RemoteCode:
         config_class: The base family's config class (subclassed with model_type ``steered_<type>``).
         model_class: The base family's ``*ForCausalLM`` class (subclassed to carry and add the vectors).
         reason: Why no exact bias exists (written into the modeling file and the error).
+        auto_classes: The auto classes ``auto_map`` registers the model under.
     """
 
     config_class: str
     model_class: str
     reason: str
+    auto_classes: tuple[str, ...] = ("AutoModelForCausalLM",)
 
 
 @dataclass(frozen=True)
@@ -356,19 +358,30 @@ _NO_SITE = "a norm sits between its MLP output and the residual stream, so no bi
 _NO_BIAS_MOE = "its experts have no bias, so no bias can carry the offset"
 
 
-def _remote(model_type: str, config_class: str, model_class: str, reason: str) -> ArchitectureSpec:
+def _remote(model_type: str, config_class: str, model_class: str, reason: str, **kw: Any) -> ArchitectureSpec:
+    auto = kw.pop("auto_classes", ("AutoModelForCausalLM",))
     return ArchitectureSpec(
         model_type,
         Strategy.REMOTE_CODE,
         down_bias="steering_vector",
-        remote=RemoteCode(config_class, model_class, reason),
+        remote=RemoteCode(config_class, model_class, reason, auto),
         notes=f"Opt-in remote code: {reason}.",
+        **kw,
     )
 
 
 _REMOTE_ENTRIES = (
     _remote("gemma2", "Gemma2Config", "Gemma2ForCausalLM", f"{_NO_SITE} (post_feedforward_layernorm)"),
     _remote("gemma3_text", "Gemma3TextConfig", "Gemma3ForCausalLM", f"{_NO_SITE} (post_feedforward_layernorm)"),
+    _remote(
+        "gemma3",
+        "Gemma3Config",
+        "Gemma3ForConditionalGeneration",
+        f"{_NO_SITE} (post_feedforward_layernorm); multimodal, steering its language model",
+        layers="model.language_model.layers",
+        backbone="model.language_model",
+        auto_classes=("AutoModelForCausalLM", "AutoModelForImageTextToText"),
+    ),
     _remote("olmo2", "Olmo2Config", "Olmo2ForCausalLM", f"{_NO_SITE} (post-norm blocks)"),
     _remote("mixtral", "MixtralConfig", "MixtralForCausalLM", _NO_BIAS_MOE),
     _remote(
@@ -394,10 +407,6 @@ class Refusal:
 _HOOKS = "steer it with forward hooks at run time (bakesteer.hooks.steering) instead of baking"
 #: Families refused with a reason and a way forward, given in the error.
 REFUSED: Mapping[str, Refusal] = {
-    "gemma3": Refusal(
-        f"{_NO_SITE} (post_feedforward_layernorm); the multimodal wrapper is not supported yet",
-        "bake the text-only Gemma3ForCausalLM checkpoint with --allow-remote-code, or " + _HOOKS,
-    ),
     "qwen2_moe": Refusal(_NO_BIAS_MOE + " (shared expert gated by a sigmoid)", _HOOKS),
 }
 
