@@ -43,25 +43,15 @@ def make_tokenizer(directory: Path, *, vocab_size: int = 384, chat_template: boo
     return fast
 
 
+#: Shared shape of every tiny fixture: 5 layers (default band 2-4), width 64, 4 heads, vocabulary of the tokenizer.
+SHAPE = dict(vocab_size=384, hidden_size=64, num_hidden_layers=5, num_attention_heads=4, max_position_embeddings=256)
+LLAMA_LIKE = dict(SHAPE, intermediate_size=128, num_key_value_heads=2, bos_token_id=1, eos_token_id=2, pad_token_id=0)
+
+
 def llama_config(**overrides: Any) -> Any:
     from transformers import LlamaConfig
 
-    kwargs = dict(
-        vocab_size=384,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=5,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=256,
-        rms_norm_eps=1e-5,
-        tie_word_embeddings=False,
-        bos_token_id=1,
-        eos_token_id=2,
-        pad_token_id=0,
-    )
-    kwargs.update(overrides)
-    return LlamaConfig(**kwargs)
+    return LlamaConfig(**{**LLAMA_LIKE, "rms_norm_eps": 1e-5, "tie_word_embeddings": False, **overrides})
 
 
 def _scale_up(model: torch.nn.Module) -> None:
@@ -100,11 +90,6 @@ def save_model(
 def tiny_llama(directory: Path, **kw: Any) -> Path:
     """A 5-layer, 64-wide Llama with untied embeddings."""
     return save_model(llama_config(), directory, **kw)
-
-
-#: Shared shape of every tiny fixture: 5 layers (default band 2-4), width 64, 4 heads, vocabulary of the tokenizer.
-SHAPE = dict(vocab_size=384, hidden_size=64, num_hidden_layers=5, num_attention_heads=4, max_position_embeddings=256)
-LLAMA_LIKE = dict(SHAPE, intermediate_size=128, num_key_value_heads=2, bos_token_id=1, eos_token_id=2, pad_token_id=0)
 
 
 def _builder(config_name: str, **fields: Any) -> Callable[..., Path]:

@@ -22,20 +22,11 @@ def run(*args: str) -> tuple[int, str, str]:
 @pytest.fixture(scope="module")
 def bad_models(models_dir: Path) -> dict[str, Path]:
     import torch
-    from fixtures import save_model
+    from fixtures import LLAMA_LIKE, save_model
     from transformers import MistralConfig
 
-    mistral = save_model(
-        MistralConfig(
-            vocab_size=384,
-            hidden_size=64,
-            intermediate_size=128,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-        ),
-        models_dir / "mistral",
-    )
+    # Mistral with a sliding window shorter than its context: the Llama remap would be wrong past the window
+    mistral = save_model(MistralConfig(**LLAMA_LIKE, sliding_window=16), models_dir / "mistral-swa")
     pickle_only = models_dir / "pickled"
     pickle_only.mkdir()
     (pickle_only / "config.json").write_text(json.dumps({"model_type": "llama"}))
@@ -61,7 +52,7 @@ def _cases(llama: Path, bad: dict[str, Path], tmp: Path) -> list[tuple[list[str]
         ([str(tmp / "missing.gguf"), "-o", out], "no such file", 2),
         ([str(bad["no_config"]), "-o", out], "no config.json", 2),
         ([str(bad["pickle"]), "-o", out], "pickle", 2),
-        ([str(bad["mistral"]), "-o", out], "unsupported architecture 'mistral'", 2),
+        ([str(bad["mistral"]), "-o", out], "unsupported architecture 'mistral': it uses sliding-window", 2),
         ([m, "-o", out, "--alpha", "nan"], "must be a finite number", 2),
         ([m, "-o", out, "--alpha", "inf"], "must be a finite number", 2),
         ([m, "-o", out, "--alpha", "100"], "sqrt(d_model)", 2),
