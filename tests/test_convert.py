@@ -74,7 +74,9 @@ def test_outputs_and_metadata(llama_dir: Path, prompt_files, tmp_path: Path) -> 
     names = sorted(p.name for p in out.iterdir())
     assert names == sorted(
         [
+            "README.md",
             "bakesteer.json",
+            "mu.png",
             "chat_template.jinja",
             "config.json",
             "generation_config.json",

@@ -1,0 +1,210 @@
+"""The model card: rendered from ``model_cards/bakesteer.md.j2`` through huggingface_hub's ``ModelCard``, with a
+plot of ``mu_l`` by layer saved beside the weights. Nothing local (paths, user names, tokens) goes into it."""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import struct
+import zlib
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from bakesteer.options import ConvertOptions
+
+CARD_FILENAME = "README.md"
+PLOT_FILENAME = "mu.png"
+_FINGERPRINT_FIELDS = ("alpha", "layers", "chat_template", "dtype", "allow_remote_code")
+
+
+def fingerprint(metadata: dict[str, Any]) -> str:
+    """SHA-256 over what determines the weights: source and revision, bakesteer version, the options that shape the
+    offsets, and the prompt-set hashes. Equal fingerprints mean a rerun would write the same checkpoint."""
+    options = metadata["options"]
+    record = {
+        "source": metadata["base_model"],
+        "bakesteer": metadata["bakesteer_version"],
+        "options": {k: options.get(k) for k in _FINGERPRINT_FIELDS},
+        "prompts": {role: metadata["calibration"].get(role, {}).get("sha256") for role in ("positive", "negative")},
+    }
+    return hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()
+
+
+def command_line(metadata: dict[str, Any]) -> str:
+    """The ``bakesteer convert`` command that reproduces the checkpoint (non-default options only)."""
+    defaults = ConvertOptions().to_dict()
+    parts = ["bakesteer", "convert", metadata["base_model"]["model_id"]]
+    for f in ConvertOptions.fields_in():
+        value = metadata["options"].get(f.name)
+        if f.name in ("overwrite", "vector", "device", "batch_size", "seed") or value == defaults[f.name]:
+            continue
+        flag = (f.metadata.get("flag") or "--" + f.name.replace("_", "-")).split("/")
+        if isinstance(value, bool):
+            parts.append(flag[0] if value else flag[-1])
+        else:
+            parts += [flag[0], str(value)]
+    if "revision" not in metadata["options"] or not metadata["options"].get("revision"):
+        revision = metadata["base_model"].get("revision")
+        if metadata["base_model"]["kind"] == "hub" and revision:
+            parts += ["--revision", revision]
+    return " ".join([*parts, "--output", "OUTPUT"])
+
+
+# --------------------------------------------------------------------------- a tiny PNG plot, no plotting library
+
+
+def _png(width: int, height: int, pixels: bytearray) -> bytes:
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    rows = b"".join(b"\x00" + bytes(pixels[y * width * 3 : (y + 1) * width * 3]) for y in range(height))
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows, 9)) + chunk(b"IEND", b"")
+
+
+def plot_mu(mu: list[float], band: tuple[int, int], *, width: int = 640, height: int = 320) -> bytes:
+    """A line plot of ``mu`` by layer on a zero-based axis, the band shaded, one tick per layer, as PNG bytes."""
+    pixels = bytearray(b"\xff" * (width * height * 3))
+    left, right, top, bottom = 40, width - 20, 20, height - 30
+    top_value = max(mu) * 1.05 or 1.0
+    n = len(mu)
+
+    def x_of(layer: float) -> int:
+        return round(left + (right - left) * (layer / max(n - 1, 1)))
+
+    def y_of(value: float) -> int:
+        return round(bottom - (bottom - top) * value / top_value)
+
+    def put(x: int, y: int, rgb: tuple[int, int, int]) -> None:
+        if 0 <= x < width and 0 <= y < height:
+            i = (y * width + x) * 3
+            pixels[i : i + 3] = bytes(rgb)
+
+    half = (right - left) / max(n - 1, 1) / 2
+    band_left = max(left, round(x_of(band[0]) - half))
+    band_right = min(right, round(x_of(band[1] - 1) + half))
+    for x in range(band_left, band_right + 1):  # the band
+        for y in range(top, bottom + 1):
+            put(x, y, (255, 228, 196))
+    for x in range(left, right + 1):  # axes
+        put(x, bottom, (0, 0, 0))
+    for y in range(top, bottom + 1):
+        put(left, y, (0, 0, 0))
+    for layer in range(n):  # ticks
+        for dy in range(1, 6):
+            put(x_of(layer), bottom + dy, (0, 0, 0))
+    points = [(x_of(i), y_of(v)) for i, v in enumerate(mu)]
+    for (x0, y0), (x1, y1) in itertools.pairwise(points):  # the line
+        steps = max(abs(x1 - x0), abs(y1 - y0), 1)
+        for s in range(steps + 1):
+            x, y = round(x0 + (x1 - x0) * s / steps), round(y0 + (y1 - y0) * s / steps)
+            for dx in (-1, 0, 1):
+                for dy in (-1, 0, 1):
+                    put(x + dx, y + dy, (31, 119, 180))
+    for x, y in points:  # markers
+        for dx in range(-3, 4):
+            for dy in range(-3, 4):
+                if dx * dx + dy * dy <= 9:
+                    put(x + dx, y + dy, (214, 39, 40))
+    return _png(width, height, pixels)
+
+
+# --------------------------------------------------------------------------- the card
+
+
+def source_license(directory: Path) -> str | None:
+    """The ``license`` field of the source's model card, when it has one."""
+    from huggingface_hub import ModelCard
+
+    path = directory / CARD_FILENAME
+    if not path.is_file():
+        return None
+    license_ = ModelCard.load(path).data.to_dict().get("license")
+    return str(license_) if license_ else None
+
+
+_STRATEGY_TEXT = {
+    "existing_bias": "the offset was added to the existing bias on each steered block's MLP output.",
+    "native_flag": "the config flag `{flag}` was switched on; the new biases are zero except on the MLP output.",
+    "remap": "the config was remapped to `{target}`, an identical architecture whose flag creates the biases.",
+    "remote_code": "no bias site exists in this architecture, so each block carries a `steering_vector` buffer that "
+    "`modeling_steered.py` adds to its output.",
+}
+
+
+def card_template(name: str = "bakesteer.md.j2") -> str:
+    """A template from ``model_cards/``: shipped as ``bakesteer.model_cards`` when installed, or read from the
+    repository's top-level folder when bakesteer runs from a checkout."""
+    import importlib.util
+
+    if importlib.util.find_spec("bakesteer.model_cards") is not None:
+        return resources.files("bakesteer.model_cards").joinpath(name).read_text(encoding="utf-8")
+    return (Path(__file__).resolve().parents[1] / "model_cards" / name).read_text(encoding="utf-8")
+
+
+def render_card(metadata: dict[str, Any], *, license_: str | None = None) -> str:
+    """The model card text (YAML front matter and body) for a conversion's ``bakesteer.json`` contents."""
+    from huggingface_hub import ModelCard, ModelCardData
+
+    method, arch, v = metadata["method"], metadata["architecture"], metadata["validation"]
+    base = metadata["base_model"]
+    positive, negative = metadata["calibration"]["positive"], metadata["calibration"]["negative"]
+    concept = "refusal" if positive["name"].startswith("default:") else "custom-direction"
+    remote = arch["strategy"] == "remote_code"
+    tags = ["bakesteer", "steering", concept] + (["custom_code"] if remote else [])
+    # base_model_relation is left unset: the Hub's relations (adapter, merge, quantized, finetune) describe training,
+    # merging or compression, and a baked bias is none of them; base_model still links the source.
+    data = ModelCardData(
+        base_model=base["model_id"] if base["kind"] == "hub" else None,
+        library_name="transformers",
+        pipeline_tag="text-generation",
+        license=license_,
+        tags=tags,
+    )
+    flags = ", ".join(f"{k}={json.dumps(val)}" for k, val in arch["config_updates"].items())
+    runtime_note = (
+        "vLLM and llama.cpp read the biases because the checkpoint is a standard architecture with them switched on."
+        if set(arch["runtimes"]) > {"transformers"}
+        else "Other runtimes are not known to apply the offset: use transformers."
+    )
+    template = card_template()
+    card = ModelCard.from_template(
+        data,
+        template_str=template,
+        title=f"{base['model_id']} steered (k = {method['k']:g})",
+        base_name=base["model_id"],
+        version=metadata["bakesteer_version"],
+        remote_code=remote,
+        positive=positive["name"].removeprefix("default:"),
+        negative=negative["name"].removeprefix("default:"),
+        concept=concept,
+        k=method["k"],
+        relative=method["relative_strength"],
+        band_start=method["band"]["start"],
+        band_end=method["band"]["end_exclusive"],
+        band_spec=method["band"]["spec"],
+        num_layers=method["num_layers"],
+        offset_min=method["offset_norm_min"],
+        offset_max=method["offset_norm_max"],
+        strategy_text=_STRATEGY_TEXT[arch["strategy"]].format(
+            flag=flags or "-", target=arch["config_updates"].get("model_type", "")
+        ),
+        plot=PLOT_FILENAME,
+        v=v,
+        runtimes=arch["runtimes"],
+        runtime_note=runtime_note,
+        command=command_line(metadata),
+        fingerprint=metadata["fingerprint"],
+        calibration_prompts=positive["calibration"] + negative["calibration"],
+    )
+    return str(card)
+
+
+def write_card(directory: Path, metadata: dict[str, Any], *, license_: str | None = None) -> None:
+    """Write ``README.md`` and ``mu.png`` into ``directory``."""
+    method = metadata["method"]
+    band = (method["band"]["start"], method["band"]["end_exclusive"])
+    (directory / PLOT_FILENAME).write_bytes(plot_mu(method["mu"], band))
+    (directory / CARD_FILENAME).write_text(render_card(metadata, license_=license_), encoding="utf-8")

@@ -1,0 +1,78 @@
+"""The generated model card and plot: parseable, complete, and free of local paths."""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from pathlib import Path
+
+import pytest
+
+from bakesteer import ConvertOptions, convert
+from bakesteer.card import command_line, fingerprint, plot_mu
+
+
+@pytest.fixture(scope="module")
+def converted(llama_dir: Path, tmp_path_factory: pytest.TempPathFactory):
+    (llama_dir / "README.md").write_text("---\nlicense: apache-2.0\n---\n# tiny\n")
+    try:
+        out = tmp_path_factory.mktemp("card") / "out"
+        return convert(str(llama_dir), out, ConvertOptions(alpha=-1.5, layers="1-3"))
+    finally:
+        (llama_dir / "README.md").unlink()
+
+
+def test_card_parses_and_carries_every_field(converted) -> None:
+    from huggingface_hub import ModelCard
+
+    card = ModelCard.load(converted.output / "README.md")
+    data = card.data.to_dict()
+    assert data["library_name"] == "transformers" and data["pipeline_tag"] == "text-generation"
+    assert data["tags"] == ["bakesteer", "steering", "refusal"]
+    assert data["license"] == "apache-2.0"  # copied from the source card
+    assert "base_model" not in data  # a local source has no Hub id to link
+    assert "base_model_relation" not in data
+    text = card.text
+    for needle in (
+        "**k = -1.5** pushes away from *harmful.txt*",
+        "Layers:** 1-3 of 5",
+        "![Mean residual norm by layer; the steered band is shaded](mu.png)",
+        "| greedy continuation (32 tokens) | identical |",
+        'AutoModelForCausalLM.from_pretrained("REPO_ID")',
+        "- vllm",
+        "pip install bakesteer==0.1.0",
+        "bakesteer convert llama --alpha -1.5 --layers 1-3 --output OUTPUT",
+        converted.metadata["fingerprint"],
+        "the prompt included",
+    ):
+        assert needle in text, needle
+    assert text.count("\n| ") >= 6  # the validation table rows survive (no stray pipes)
+
+
+def test_nothing_local_in_card_or_metadata(converted, llama_dir: Path) -> None:
+    for name in ("README.md", "bakesteer.json", "config.json", "generation_config.json", "tokenizer_config.json"):
+        text = (converted.output / name).read_text()
+        assert str(llama_dir.parent) not in text and "/tmp" not in text and str(Path.home()) not in text
+
+
+def test_fingerprint_tracks_what_changes_the_weights(converted) -> None:
+    meta = converted.metadata
+    assert meta["fingerprint"] == fingerprint(meta)
+    changed = {**meta, "options": {**meta["options"], "alpha": 2.0}}
+    assert fingerprint(changed) != meta["fingerprint"]
+    same = {**meta, "options": {**meta["options"], "batch_size": 99, "device": "cuda"}}
+    assert fingerprint(same) == meta["fingerprint"]
+    assert command_line(meta).startswith("bakesteer convert llama ")
+
+
+def test_plot_is_a_valid_png(converted) -> None:
+    data = (converted.output / "mu.png").read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    width, height = struct.unpack(">II", data[16:24])
+    assert (width, height) == (640, 320)
+    # decode the single IDAT chunk and check the band colour is present
+    length = struct.unpack(">I", data[33:37])[0]
+    raw = zlib.decompress(data[41 : 41 + length])
+    assert len(raw) == height * (1 + width * 3)
+    assert bytes((255, 228, 196)) in raw
+    assert plot_mu([1.0, 2.0], (0, 1))[:8] == b"\x89PNG\r\n\x1a\n"
