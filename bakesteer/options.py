@@ -72,7 +72,7 @@ class ConvertOptions:
     )
     allow_remote_code: bool = _opt(
         False,
-        "For families with no exact bias site (Gemma2/3, OLMo2, Mixtral, Qwen3-MoE): write a checkpoint with its own "
+        "For families with no exact bias site (Gemma2/3, OLMo2, Mixtral, Qwen2/3-MoE): write a checkpoint with its own "
         "model_type and a small modeling file, loaded with trust_remote_code=True.",
         group="bake",
     )

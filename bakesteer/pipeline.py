@@ -167,7 +167,8 @@ def compute_vector(model: str, output: Path, options: ConvertOptions | None = No
         from bakesteer.errors import OutputExistsError
 
         raise OutputExistsError(output)
-    source, _, spec, _ = _prepare(model, options)
+    # a vector writes no checkpoint, so families that bake only through remote code can still be calibrated
+    source, _, spec, _ = _prepare(model, options.replace(allow_remote_code=True))
     positive = load_prompt_set(options.positive, "positive")
     negative = load_prompt_set(options.negative, "negative")
     output.absolute().parent.mkdir(parents=True, exist_ok=True)

@@ -158,6 +158,14 @@ FIXTURES: dict[str, Callable[..., Path]] = {
     ),
     "olmo2": _builder("Olmo2Config", **LLAMA_LIKE),
     "mixtral": _builder("MixtralConfig", **LLAMA_LIKE, num_local_experts=4, num_experts_per_tok=2),
+    "qwen2_moe": _builder(
+        "Qwen2MoeConfig",
+        **LLAMA_LIKE,
+        num_experts=4,
+        num_experts_per_tok=2,
+        moe_intermediate_size=32,
+        shared_expert_intermediate_size=32,
+    ),
     "qwen3_moe": _builder(
         "Qwen3MoeConfig", **LLAMA_LIKE, head_dim=16, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32
     ),

@@ -99,7 +99,7 @@ def _config(name: str, **kw):
         ("MistralConfig", {"sliding_window": None, "partial_rotary_factor": 0.75}, "partial_rotary_factor"),
         ("Gemma2Config", {}, "--allow-remote-code"),
         ("Gemma3Config", {}, "--allow-remote-code"),
-        ("Qwen2MoeConfig", {}, "experts have no bias"),
+        ("Qwen2MoeConfig", {}, "--allow-remote-code"),
         ("Gemma3TextConfig", {}, "post_feedforward_layernorm"),
         ("Olmo2Config", {}, "post-norm"),
         ("MixtralConfig", {}, "experts have no bias"),
@@ -208,3 +208,14 @@ def test_tied_qwen2_stays_tied_under_the_remap(models_dir: Path, prompt_files, t
     model = AutoModelForCausalLM.from_pretrained(result.output)
     assert model.lm_head.weight.data_ptr() == model.model.embed_tokens.weight.data_ptr()
     assert result.validation.passed and result.validation.relative_diff <= 1e-4
+
+
+def test_vector_for_a_remote_code_family_needs_no_opt_in(sources, prompt_files, tmp_path: Path) -> None:
+    from bakesteer import compute_vector
+
+    vec = compute_vector(
+        str(sources["olmo2"]),
+        tmp_path / "v.safetensors",
+        ConvertOptions(positive=prompt_files[0], negative=prompt_files[1]),
+    )
+    assert vec.model_type == "olmo2" and vec.num_layers == 5

@@ -29,9 +29,10 @@ def support_table() -> str:
         if spec.remap:
             how += f" → `{spec.remap.target}`"
         rows.append(f"| `{name}` | {how} | {', '.join(spec.runtimes)} | {spec.notes} |")
-    rows += ["", "Refused, with the reason the error gives:", "", "| model_type | reason | way forward |"]
-    rows += ["| --- | --- | --- |"]
-    rows += [f"| `{name}` | {REFUSED[name].reason} | {REFUSED[name].way_forward} |" for name in sorted(REFUSED)]
+    if REFUSED:
+        rows += ["", "Refused, with the reason the error gives:", "", "| model_type | reason | way forward |"]
+        rows += ["| --- | --- | --- |"]
+        rows += [f"| `{name}` | {REFUSED[name].reason} | {REFUSED[name].way_forward} |" for name in sorted(REFUSED)]
     return "\n".join([START, *rows, END])
 
 
