@@ -34,7 +34,7 @@ def test_card_parses_and_carries_every_field(converted) -> None:
     assert "base_model_relation" not in data
     text = card.text
     for needle in (
-        "**k = -1.5** pushes away from *harmful.txt*",
+        "**k = -1.5** moves the activations away from those of *harmful.txt*",
         "Layers:** 1-3 of 5",
         "![Mean residual norm by layer; the steered band is shaded](mu.png)",
         "| greedy continuation (32 tokens) | identical |",
