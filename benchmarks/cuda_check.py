@@ -13,6 +13,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
@@ -21,6 +22,20 @@ from fixtures import FIXTURES, LLAMA_LIKE, save_model
 
 from bakesteer import ConvertOptions, convert
 from bakesteer.progress import set_progress_bars
+
+
+def _row(model: str, dtype: str, result: Any) -> dict[str, Any]:
+    v = result.validation
+    return {
+        "model": model,
+        "dtype": dtype,
+        "passed": v.passed,
+        "rel": v.relative_diff,
+        "tol": v.tolerance,
+        "floor": v.floor_relative,
+        "greedy": v.greedy_equal,
+        "base": v.base_relative_diff,
+    }
 
 
 def main() -> None:
@@ -44,17 +59,7 @@ def main() -> None:
             try:
                 opts = ConvertOptions(device="cuda", dtype=dtype, allow_remote_code=name == "mixtral")
                 r = convert(str(sources[name]), tmp / f"{name}-{dtype}", opts)
-                v = r.validation
-                row = {
-                    "model": name,
-                    "dtype": dtype,
-                    "passed": v.passed,
-                    "rel": v.relative_diff,
-                    "tol": v.tolerance,
-                    "floor": v.floor_relative,
-                    "greedy": v.greedy_equal,
-                    "base": v.base_relative_diff,
-                }
+                row = _row(name, dtype, r)
             except Exception as err:  # report and go on: this is a survey
                 row = {"model": name, "dtype": dtype, "passed": False, "error": f"{type(err).__name__}: {err}"[:300]}
             row["s"] = round(time.perf_counter() - start, 1)
@@ -78,22 +83,7 @@ def main() -> None:
         )
         for dtype in ("float32", "bfloat16"):
             r = convert(str(wide), tmp / f"wide-{dtype}", ConvertOptions(device="cuda", dtype=dtype))
-            v = r.validation
-            print(
-                json.dumps(
-                    {
-                        "model": "llama-1024x12",
-                        "dtype": dtype,
-                        "passed": v.passed,
-                        "rel": v.relative_diff,
-                        "tol": v.tolerance,
-                        "floor": v.floor_relative,
-                        "greedy": v.greedy_equal,
-                        "s": round(r.seconds, 1),
-                    }
-                ),
-                flush=True,
-            )
+            print(json.dumps({**_row("llama-1024x12", dtype, r), "s": round(r.seconds, 1)}), flush=True)
     failed = [r for r in results if not r["passed"]]
     print(f"{len(results) - len(failed)} passed, {len(failed)} failed")
 
