@@ -103,7 +103,7 @@ def main() -> None:
 @click.option(
     "--output", "-o", type=click.Path(path_type=Path, file_okay=False), required=True, help="Output directory."
 )
-@options_from("bake", "calibration", "validation", "runtime")
+@options_from("bake", "calibration", "validation", "runtime", "publish")
 @common_flags
 def convert(model: str, output: Path, quiet: bool, debug: bool, **values: Any) -> None:
     """Bake steering into MODEL (Hub id, local directory or .gguf file) and validate the result."""
@@ -118,6 +118,8 @@ def convert(model: str, output: Path, quiet: bool, debug: bool, **values: Any) -
     result = _run(debug, action)
     if not quiet:
         _summary(result, output)
+        if result.push is not None:
+            _push_summary(result.push)
 
 
 def _summary(result: Any, output: Path) -> None:
@@ -164,6 +166,49 @@ def vector(model: str, output: Path, quiet: bool, debug: bool, **values: Any) ->
     vec = _run(debug, action)
     if not quiet:
         click.echo(f"saved a {vec.num_layers}-layer vector (d_model {vec.d_model}) to {output}")
+
+
+@main.command()
+@click.argument("directory", type=click.Path(path_type=Path, file_okay=False))
+@click.argument("repo_id")
+@click.option("--private", is_flag=True, help="Create the repository private.")
+@click.option("--revision", help="Branch to push to (default main).")
+@click.option("--commit-message", help="Commit message.")
+@click.option("--force", is_flag=True, help="Push even if the output did not pass validation.")
+@common_flags
+def push(
+    directory: Path,
+    repo_id: str,
+    private: bool,
+    revision: str | None,
+    commit_message: str | None,
+    force: bool,
+    quiet: bool,
+    debug: bool,
+) -> None:
+    """Push a bakesteer output DIRECTORY to the Hub as REPO_ID (OWNER/NAME), in one commit."""
+    _setup(quiet, debug)
+
+    def action() -> Any:
+        from bakesteer.hub import push as run_push
+
+        return run_push(
+            directory, repo_id, private=private, revision=revision, commit_message=commit_message, force=force
+        )
+
+    result = _run(debug, action)
+    if not quiet:
+        _push_summary(result)
+
+
+def _push_summary(result: Any) -> None:
+    if result.commit is None:
+        click.echo(f"{result.repo_id}@{result.revision} is up to date ({len(result.unchanged)} files): no commit")
+    else:
+        click.echo(
+            f"pushed {result.repo_id}@{result.revision} commit {result.commit[:12]}: {len(result.uploaded)} uploaded, "
+            f"{len(result.deleted)} deleted, {len(result.unchanged)} unchanged"
+        )
 
 
 @main.command()

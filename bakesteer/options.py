@@ -28,7 +28,7 @@ def _opt(default: Any, help: str, *, group: str, flag: str | None = None, **extr
 class ConvertOptions:
     """Every option of a conversion.
 
-    Groups: ``calibration`` (what the vector depends on), ``bake``, ``validation``, ``runtime``.
+    Groups: ``calibration`` (what the vector depends on), ``bake``, ``validation``, ``runtime``, ``publish``.
 
     Construct it with keywords; :meth:`check` validates what can be validated without the model.
     """
@@ -93,6 +93,12 @@ class ConvertOptions:
     )
     greedy_tokens: int = _opt(32, "Tokens of greedy continuation compared during validation.", group="validation")
     overwrite: bool = _opt(False, "Replace an existing, non-empty output directory.", group="runtime")
+    push_to_hub: str | None = _opt(
+        None, "After a validated conversion, push the output to this OWNER/NAME (one commit).", group="publish"
+    )
+    private: bool = _opt(False, "Create the Hub repository private.", group="publish")
+    push_branch: str | None = _opt(None, "Branch to push to (default main).", group="publish")
+    commit_message: str | None = _opt(None, "Commit message for the push.", group="publish")
 
     # ------------------------------------------------------------------ helpers
 

@@ -68,6 +68,7 @@ class ConvertResult:
     validation: ValidationReport
     metadata: dict[str, Any]
     seconds: float
+    push: Any = None
 
 
 @dataclass
@@ -276,7 +277,7 @@ def convert(model: str, output: Path, options: ConvertOptions | None = None) -> 
         write_json(staging.path / METADATA_FILENAME, metadata)
         normalise_modes(staging.path)
         final = staging.commit()
-    return ConvertResult(
+    result = ConvertResult(
         output=final,
         band=band,
         alpha=options.alpha,
@@ -285,6 +286,18 @@ def convert(model: str, output: Path, options: ConvertOptions | None = None) -> 
         metadata=metadata,
         seconds=time.perf_counter() - started,
     )
+    if options.push_to_hub:
+        from bakesteer.hub import push
+
+        # the output is already in place: a failed push leaves it there and raises a HubError
+        result.push = push(
+            final,
+            options.push_to_hub,
+            private=options.private,
+            revision=options.push_branch,
+            commit_message=options.commit_message,
+        )
+    return result
 
 
 def _metadata(

@@ -1,0 +1,174 @@
+"""Publishing a validated output directory to the Hub: one commit per push, unchanged files skipped, files a
+previous push left and this one lacks deleted. The token comes from ``HF_TOKEN`` or the huggingface_hub login and is
+never printed, logged or written."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bakesteer.errors import BakesteerError
+
+logger = logging.getLogger(__name__)
+
+
+class HubError(BakesteerError, ConnectionError):
+    """The Hub refused or failed a push. The local output is untouched.
+
+    Attributes:
+        repo_id: The target repository.
+        status: The HTTP status, or ``None`` for a network failure.
+    """
+
+    def __init__(self, repo_id: str, status: int | None, reason: str, hint: str) -> None:
+        self.repo_id = repo_id
+        self.status = status
+        super().__init__(f"push to {repo_id} failed: {reason}; the local output is unchanged", hint=hint)
+
+
+class NotPushableError(BakesteerError, ValueError):
+    """The directory is not a validated bakesteer output."""
+
+
+@dataclass
+class PushResult:
+    """What a push did. ``commit`` is ``None`` when nothing changed (no commit was made)."""
+
+    repo_id: str
+    revision: str
+    commit: str | None
+    uploaded: list[str] = field(default_factory=list)
+    deleted: list[str] = field(default_factory=list)
+    unchanged: list[str] = field(default_factory=list)
+
+
+def _git_oid(path: Path) -> str:
+    data = path.read_bytes()
+    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 22), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _same(path: Path, remote: Any) -> bool:
+    lfs = getattr(remote, "lfs", None)
+    if lfs is not None:
+        return bool(lfs.size == path.stat().st_size and lfs.sha256 == _sha256(path))
+    return bool(getattr(remote, "blob_id", None) == _git_oid(path))
+
+
+_STATUS = {
+    401: ("authentication failed (missing or invalid token)", "set HF_TOKEN or run `hf auth login` with a write token"),
+    403: ("the token may not write to this repository", "use a token with write access to it, or another OWNER/NAME"),
+    404: ("repository or branch not found", "check OWNER/NAME and --revision"),
+    409: ("conflict with the repository's state", "rerun; if it persists, check the repository on the Hub"),
+    412: ("the branch moved during the push", "rerun the push"),
+}
+
+
+def _hub_error(repo_id: str, err: Exception) -> HubError:
+    from huggingface_hub.errors import HfHubHTTPError
+
+    if isinstance(err, HfHubHTTPError) and err.response is not None:
+        status = err.response.status_code
+        reason, hint = _STATUS.get(status, (f"the Hub answered {status}", "rerun later; check the Hub's status"))
+        return HubError(repo_id, status, reason, hint)
+    return HubError(repo_id, None, f"network error ({type(err).__name__})", "check the connection and rerun the push")
+
+
+def _transport_errors() -> tuple[type[BaseException], ...]:
+    """The HTTP client's transport errors (huggingface_hub 1.x uses httpx, 2.x its fork httpx2), plus OSError."""
+    import importlib
+    import importlib.util
+
+    errors: list[type[BaseException]] = [OSError]
+    for name in ("httpx2", "httpx"):
+        if importlib.util.find_spec(name) is not None:
+            errors.append(importlib.import_module(name).HTTPError)
+    return tuple(errors)
+
+
+def push(
+    directory: Path,
+    repo_id: str,
+    *,
+    private: bool = False,
+    revision: str | None = None,
+    commit_message: str | None = None,
+    token: str | None = None,
+    force: bool = False,
+) -> PushResult:
+    """Publish a bakesteer output directory to ``repo_id`` in a single commit.
+
+    Args:
+        directory: An output of ``bakesteer convert``.
+        repo_id: ``OWNER/NAME``; created if missing.
+        private: Create the repository private.
+        revision: Branch to push to (created from main if missing); default ``main``.
+        commit_message: Defaults to a summary of k and the band.
+        token: Defaults to ``HF_TOKEN`` or the stored login.
+        force: Push even if the output did not pass validation.
+
+    Raises:
+        NotPushableError: not a bakesteer output, or not validated (without ``force``).
+        HubError: the Hub refused (401, 403, 404, 409, 412, ...) or the network failed.
+    """
+    from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi
+    from huggingface_hub.errors import HfHubHTTPError
+    from huggingface_hub.hf_api import RepoFile
+
+    directory = Path(directory)
+    meta_path = directory / "bakesteer.json"
+    if not meta_path.is_file():
+        raise NotPushableError(
+            f"{directory.name} is not a bakesteer output (no bakesteer.json)",
+            hint="push a directory written by `bakesteer convert`",
+        )
+    meta = json.loads(meta_path.read_text())
+    if not meta.get("validation", {}).get("passed") and not force:
+        raise NotPushableError(
+            f"{directory.name} did not pass validation", hint="reconvert it, or pass --force to push it anyway"
+        )
+    branch = revision or "main"
+    message = (
+        commit_message
+        or f"bakesteer {meta['bakesteer_version']}: k={meta['method']['k']:g}, layers "
+        f"{meta['method']['band']['start']}-{meta['method']['band']['end_exclusive'] - 1}"
+    )
+    local = {p.name: p for p in sorted(directory.iterdir()) if p.is_file()}
+    api = HfApi(token=token)
+    try:
+        api.create_repo(repo_id, private=private, exist_ok=True)
+        if branch != "main":
+            api.create_branch(repo_id, branch=branch, exist_ok=True)
+        remote = {
+            f.path: f for f in api.list_repo_tree(repo_id, revision=branch, recursive=True) if isinstance(f, RepoFile)
+        }
+        result = PushResult(repo_id, branch, None)
+        operations: list[Any] = []
+        for name, path in local.items():
+            if name in remote and _same(path, remote[name]):
+                result.unchanged.append(name)
+            else:
+                operations.append(CommitOperationAdd(path_in_repo=name, path_or_fileobj=str(path)))
+                result.uploaded.append(name)
+        result.deleted = sorted(p for p in remote if p not in local and p != ".gitattributes")
+        operations += [CommitOperationDelete(path_in_repo=p) for p in result.deleted]
+        if not operations:
+            logger.info("%s@%s is up to date: no commit", repo_id, branch)
+            return result
+        info = api.create_commit(repo_id, operations, commit_message=message, revision=branch)
+        result.commit = info.oid
+        return result
+    except (HfHubHTTPError, *_transport_errors()) as err:  # type: ignore[misc]
+        logger.debug("push failed: %r", err)
+        raise _hub_error(repo_id, err) from None

@@ -1,0 +1,265 @@
+"""A small Hub-compatible HTTP server for tests: the routes huggingface_hub's client uses to create a repo, upload
+(preupload, LFS batch + PUT, NDJSON commit), list, inspect and download. In memory, on 127.0.0.1, one thread."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import re
+import threading
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import unquote, urlparse
+
+TOKEN = "hf_test_token"
+
+
+def git_oid(data: bytes) -> str:
+    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+
+
+@dataclass
+class Repo:
+    private: bool = False
+    branches: dict[str, str] = field(default_factory=dict)
+    commits: dict[str, dict[str, Any]] = field(default_factory=dict)  # sha -> {path: ("lfs"|"git", bytes)}
+
+
+class HubState:
+    def __init__(self) -> None:
+        self.repos: dict[str, Repo] = {}
+        self.lfs: dict[str, bytes] = {}
+        self.commit_count = 0
+        self.lock = threading.Lock()
+
+    def files(self, repo_id: str, rev: str) -> tuple[str, dict[str, tuple[str, bytes]]]:
+        repo = self.repos[repo_id]
+        sha = repo.branches.get(rev, rev)
+        return sha, repo.commits[sha]
+
+
+class Handler(BaseHTTPRequestHandler):
+    state: HubState
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+    # ---------------------------------------------------------------- helpers
+    def _send(self, code: int, body: bytes = b"", headers: dict[str, str] | None = None, head: bool = False) -> None:
+        self.send_response(code)
+        for k, v in (headers or {}).items():
+            self.send_header(k, v)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if not head:
+            self.wfile.write(body)
+
+    def _json(self, code: int, obj: Any, headers: dict[str, str] | None = None) -> None:
+        self._send(code, json.dumps(obj).encode(), {"Content-Type": "application/json", **(headers or {})})
+
+    def _error(self, code: int, message: str, error_code: str = "") -> None:
+        headers = {"X-Error-Message": message}
+        if error_code:
+            headers["X-Error-Code"] = error_code
+        self._json(code, {"error": message}, headers)
+
+    def _body(self) -> bytes:
+        return self.rfile.read(int(self.headers.get("Content-Length") or 0))
+
+    def _authorized(self) -> bool:
+        return self.headers.get("Authorization") == f"Bearer {TOKEN}"
+
+    # ---------------------------------------------------------------- routes
+    def do_POST(self) -> None:
+        path = urlparse(self.path).path
+        body = self._body()
+        st = self.state
+        if path == "/api/repos/create":
+            if not self._authorized():
+                return self._error(401, "Invalid credentials in Authorization header")
+            data = json.loads(body)
+            repo_id = f"{data['organization']}/{data['name']}" if data.get("organization") else data["name"]
+            if repo_id.startswith("forbidden/"):
+                return self._error(403, "You don't have the rights to create a model under this namespace")
+            with st.lock:
+                if repo_id in st.repos:  # the real Hub answers 409 with the repo URL; exist_ok relies on it
+                    url = f"http://{self.headers['Host']}/{repo_id}"
+                    return self._json(409, {"error": "You already created this model repo", "url": url})
+                sha = hashlib.sha1(repo_id.encode()).hexdigest()
+                st.repos[repo_id] = Repo(private=bool(data.get("private")), branches={"main": sha}, commits={sha: {}})
+            return self._json(200, {"url": f"http://{self.headers['Host']}/{repo_id}"})
+        if path == "/api/validate-yaml":  # the client validates a README's YAML front matter before committing it
+            import yaml
+
+            content = json.loads(body)["content"]
+            front = content.split("---", 2)[1] if content.startswith("---") else ""
+            if not isinstance(yaml.safe_load(front) or {}, dict):
+                return self._json(400, {"errors": [{"message": "metadata must be a mapping"}]})
+            return self._json(200, {"warnings": []})
+        m = re.fullmatch(r"/api/models/([^/]+/[^/]+)/preupload/(.+)", path)
+        if m:
+            if m.group(1) not in st.repos:
+                return self._error(404, "Repository not found", "RepoNotFound")
+            files = json.loads(body)["files"]
+            out = [
+                {
+                    "path": f["path"],
+                    "uploadMode": "lfs"
+                    if f["path"].endswith((".safetensors", ".png")) or f["size"] > 10_000_000
+                    else "regular",
+                    "shouldIgnore": False,
+                }
+                for f in files
+            ]
+            return self._json(200, {"files": out})
+        m = re.fullmatch(r"/([^/]+/[^/]+)\.git/info/lfs/objects/batch", path)
+        if m:
+            if not self._authorized():
+                return self._error(401, "Invalid credentials")
+            objects = []
+            host = self.headers["Host"]
+            for obj in json.loads(body)["objects"]:
+                entry = {"oid": obj["oid"], "size": obj["size"]}
+                if obj["oid"] not in st.lfs:
+                    entry["actions"] = {"upload": {"href": f"http://{host}/lfs-upload/{obj['oid']}"}}
+                objects.append(entry)
+            return self._json(200, {"transfer": "basic", "objects": objects})
+        m = re.fullmatch(r"/api/models/([^/]+/[^/]+)/commit/(.+)", path)
+        if m:
+            if not self._authorized():
+                return self._error(401, "Invalid credentials")
+            repo_id, rev = m.group(1), unquote(m.group(2))
+            if repo_id not in st.repos:
+                return self._error(404, "Repository not found", "RepoNotFound")
+            with st.lock:
+                _, files = st.files(repo_id, rev)
+                files = dict(files)
+                summary = ""
+                for line in body.splitlines():
+                    item = json.loads(line)
+                    key, value = item["key"], item["value"]
+                    if key == "header":
+                        summary = value.get("summary", "")
+                    elif key == "file":
+                        files[value["path"]] = ("git", base64.b64decode(value["content"]))
+                    elif key == "lfsFile":
+                        if value["oid"] not in st.lfs:
+                            return self._error(400, f"LFS object {value['oid']} was never uploaded")
+                        files[value["path"]] = ("lfs", st.lfs[value["oid"]])
+                    elif key in ("deletedFile", "deletedFolder"):
+                        files = {
+                            p: f
+                            for p, f in files.items()
+                            if p != value["path"] and not p.startswith(value["path"].rstrip("/") + "/")
+                        }
+                st.commit_count += 1
+                sha = hashlib.sha1(f"{repo_id}{st.commit_count}{summary}".encode()).hexdigest()
+                st.repos[repo_id].commits[sha] = files
+                st.repos[repo_id].branches[rev] = sha
+            host = self.headers["Host"]
+            return self._json(
+                200, {"commitOid": sha, "commitUrl": f"http://{host}/{repo_id}/commit/{sha}", "hookOutput": ""}
+            )
+        m = re.fullmatch(r"/api/models/([^/]+/[^/]+)/branch/(.+)", path)
+        if m:
+            repo = st.repos.get(m.group(1))
+            if repo is None:
+                return self._error(404, "Repository not found", "RepoNotFound")
+            branch = unquote(m.group(2))
+            if branch in repo.branches:
+                return self._error(409, "Reference already exists")
+            repo.branches[branch] = repo.branches["main"]
+            return self._json(200, {})
+        return self._error(404, f"no route {path}")
+
+    def do_PUT(self) -> None:
+        path = urlparse(self.path).path
+        m = re.fullmatch(r"/lfs-upload/([0-9a-f]{64})", path)
+        if not m:
+            return self._error(404, "no route")
+        data = self._body()
+        if hashlib.sha256(data).hexdigest() != m.group(1):
+            return self._error(400, "checksum mismatch")
+        self.state.lfs[m.group(1)] = data
+        return self._send(200)
+
+    def do_HEAD(self) -> None:
+        self._get(head=True)
+
+    def do_GET(self) -> None:
+        self._get(head=False)
+
+    def _get(self, head: bool) -> None:
+        st = self.state
+        parsed = urlparse(self.path)
+        path = unquote(parsed.path)
+        m = re.fullmatch(r"/api/models/([^/]+/[^/]+)(?:/revision/(.+))?", path)
+        if m:
+            repo_id, rev = m.group(1), m.group(2) or "main"
+            repo = st.repos.get(repo_id)
+            if repo is None or (repo.private and not self._authorized()):
+                return self._error(404, "Repository not found", "RepoNotFound")
+            if rev not in repo.branches and rev not in repo.commits:
+                return self._error(404, "Revision not found", "RevisionNotFound")
+            sha, files = st.files(repo_id, rev)
+            return self._json(
+                200,
+                {
+                    "id": repo_id,
+                    "modelId": repo_id,
+                    "sha": sha,
+                    "private": repo.private,
+                    "siblings": [{"rfilename": p} for p in sorted(files)],
+                    "tags": [],
+                },
+            )
+        m = re.fullmatch(r"/api/models/([^/]+/[^/]+)/tree/([^/]+)(/.*)?", path)
+        if m:
+            repo_id, rev = m.group(1), m.group(2)
+            if repo_id not in st.repos:
+                return self._error(404, "Repository not found", "RepoNotFound")
+            _, files = st.files(repo_id, rev)
+            entries = []
+            for p, (kind, data) in sorted(files.items()):
+                entry: dict[str, Any] = {"type": "file", "path": p, "size": len(data), "oid": git_oid(data)}
+                if kind == "lfs":
+                    entry["lfs"] = {"oid": hashlib.sha256(data).hexdigest(), "size": len(data), "pointerSize": 134}
+                entries.append(entry)
+            return self._json(200, entries)
+        m = re.fullmatch(r"/([^/]+/[^/]+)/resolve/([^/]+)/(.+)", path)
+        if m:
+            repo_id, rev, file_path = m.group(1), m.group(2), m.group(3)
+            if repo_id not in st.repos:
+                return self._error(404, "Repository not found", "RepoNotFound")
+            sha, files = st.files(repo_id, rev)
+            if file_path not in files:
+                return self._error(404, "Entry not found", "EntryNotFound")
+            kind, data = files[file_path]
+            etag = hashlib.sha256(data).hexdigest() if kind == "lfs" else git_oid(data)
+            headers = {"ETag": f'"{etag}"', "X-Repo-Commit": sha, "Content-Type": "application/octet-stream"}
+            if kind == "lfs":
+                headers.update({"X-Linked-Etag": f'"{etag}"', "X-Linked-Size": str(len(data))})
+            return self._send(200, data, headers, head=head)
+        return self._error(404, f"no route {path}")
+
+
+class HubServer:
+    """``with HubServer() as hub:`` serves on ``hub.endpoint``."""
+
+    def __init__(self) -> None:
+        self.state = HubState()
+        handler = type("BoundHandler", (Handler,), {"state": self.state})
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.endpoint = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    def __enter__(self) -> HubServer:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()

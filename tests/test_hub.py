@@ -1,0 +1,113 @@
+"""Publishing with the real huggingface_hub client against a Hub-compatible server on 127.0.0.1."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+from hub_server import TOKEN, HubServer
+
+from bakesteer import ConvertOptions, convert
+from bakesteer.cli import main
+
+
+@pytest.fixture()
+def hub(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
+    import huggingface_hub.constants as c
+
+    with HubServer() as server:
+        monkeypatch.setenv("HF_ENDPOINT", server.endpoint)
+        monkeypatch.setenv("HF_HUB_DISABLE_XET", "1")
+        monkeypatch.setenv("HF_TOKEN", TOKEN)
+        monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+        monkeypatch.setattr(c, "ENDPOINT", server.endpoint)
+        monkeypatch.setattr(
+            c, "HUGGINGFACE_CO_URL_TEMPLATE", server.endpoint + "/{repo_id}/resolve/{revision}/{filename}"
+        )
+        monkeypatch.setattr(c, "HF_HUB_OFFLINE", False)
+        monkeypatch.setattr(c, "HF_HUB_DISABLE_XET", True)
+        monkeypatch.setattr(c, "HF_HUB_CACHE", str(tmp_path / "cache"))
+        yield server
+
+
+def fast(prompt_files, **kw) -> ConvertOptions:
+    return ConvertOptions(positive=prompt_files[0], negative=prompt_files[1], **kw)
+
+
+def _logits(directory: Path) -> torch.Tensor:
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(directory).eval()
+    with torch.no_grad():
+        return model(torch.tensor([[1, 40, 41, 42, 43, 44]])).logits
+
+
+def test_convert_push_download_reload(hub, llama_dir: Path, prompt_files, tmp_path: Path) -> None:
+    from huggingface_hub import ModelCard, snapshot_download
+
+    result = convert(str(llama_dir), tmp_path / "out", fast(prompt_files, push_to_hub="me/steered"))
+    assert result.push.commit and "model.safetensors" in result.push.uploaded
+    downloaded = Path(snapshot_download("me/steered", cache_dir=str(tmp_path / "dl")))
+    assert sorted(p.name for p in downloaded.iterdir()) == sorted(p.name for p in result.output.iterdir())
+    assert torch.equal(_logits(downloaded), _logits(result.output))
+    card = ModelCard.load(downloaded / "README.md")
+    assert card.data.library_name == "transformers" and "bakesteer" in card.data.tags
+    assert TOKEN not in (downloaded / "bakesteer.json").read_text() + card.text
+
+
+def test_rerun_is_a_no_op_and_changes_commit(
+    hub, llama_dir: Path, llama_sharded_dir: Path, prompt_files, tmp_path: Path
+) -> None:
+    from bakesteer.hub import push
+
+    first = convert(str(llama_sharded_dir), tmp_path / "a", fast(prompt_files, alpha=1.0))
+    assert push(first.output, "me/variants").commit
+    commits = hub.state.commit_count
+    again = push(first.output, "me/variants")
+    assert again.commit is None and hub.state.commit_count == commits  # unchanged: no new commit
+    assert "tokenizer.json" in again.unchanged
+
+    changed = convert(str(llama_dir), tmp_path / "b", fast(prompt_files, alpha=2.0))
+    result = push(changed.output, "me/variants")
+    assert result.commit and hub.state.commit_count == commits + 1
+    assert "tokenizer.json" in result.unchanged  # the same tokenizer is not uploaded again
+    # the sharded push left shards and an index this single-file output lacks: they are deleted
+    assert "model.safetensors.index.json" in result.deleted
+    assert any(name.startswith("model-") for name in result.deleted)
+    _, files = hub.state.files("me/variants", "main")
+    assert set(files) == {p.name for p in changed.output.iterdir()}
+
+
+def _cli(*args: str) -> tuple[int, str]:
+    result = CliRunner().invoke(main, list(args))
+    return result.exit_code, result.stderr
+
+
+def test_hub_errors_are_one_line_and_keep_the_output(
+    hub, llama_dir: Path, prompt_files, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = convert(str(llama_dir), tmp_path / "out", fast(prompt_files)).output
+    before = sorted(p.name for p in out.iterdir())
+
+    monkeypatch.setenv("HF_TOKEN", "hf_wrong")
+    code, err = _cli("push", str(out), "me/x")
+    assert code == 2 and err.count("\n") == 1 and "authentication failed" in err and "hf_wrong" not in err
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+
+    code, err = _cli("push", str(out), "forbidden/x")
+    assert code == 2 and err.count("\n") == 1 and "may not write" in err
+
+    assert sorted(p.name for p in out.iterdir()) == before  # the local output is intact
+
+    code, err = _cli("push", str(out), "me/x")  # with a good token the same push completes
+    assert code == 0, err
+    _, files = hub.state.files("me/x", "main")
+    assert set(files) == set(before)
+
+
+def test_unvalidated_output_needs_force(hub, tmp_path: Path) -> None:
+    (tmp_path / "d").mkdir()
+    code, err = _cli("push", str(tmp_path / "d"), "me/y")
+    assert code == 2 and "not a bakesteer output" in err
