@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from bakesteer.errors import BakesteerError
+from bakesteer.source import sha256_file
 
 logger = logging.getLogger(__name__)
 
@@ -51,18 +52,10 @@ def _git_oid(path: Path) -> str:
     return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 22), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _same(path: Path, remote: Any) -> bool:
     lfs = getattr(remote, "lfs", None)
     if lfs is not None:
-        return bool(lfs.size == path.stat().st_size and lfs.sha256 == _sha256(path))
+        return bool(lfs.size == path.stat().st_size and lfs.sha256 == sha256_file(path))
     return bool(getattr(remote, "blob_id", None) == _git_oid(path))
 
 

@@ -55,7 +55,8 @@ class ModelSource:
         return {"kind": self.kind, "model_id": self.model_id, "revision": self.revision}
 
 
-def _sha256(path: Path) -> str:
+def sha256_file(path: Path) -> str:
+    """SHA-256 of a file, read in 4 MiB chunks."""
     digest = hashlib.sha256()
     with path.open("rb") as handle:
         for chunk in iter(lambda: handle.read(1 << 22), b""):
@@ -154,7 +155,7 @@ def resolve_source(model: str, *, revision: str | None = None) -> ModelSource:
                 reason="a single file that is not .gguf",
                 hint="pass a model directory, a Hub id or a .gguf file",
             )
-        return ModelSource("gguf", path.name, _sha256(path), path.parent, gguf_file=path.name)
+        return ModelSource("gguf", path.name, sha256_file(path), path.parent, gguf_file=path.name)
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise ModelNotFoundError(path.name, reason="the directory has no config.json")
