@@ -7,7 +7,6 @@ dtype; an existing bias is ``(existing in float32 + plan)`` cast once (a double-
 from __future__ import annotations
 
 import copy
-import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -114,7 +113,11 @@ def bias_plan(
     strategy = Strategy.EXISTING_BIAS.value if not new else spec.strategy.value
     rewrite = None
     if spec.remap is not None and spec.remap.rewrite is not None and "model_type" in updates:
-        rewrite = functools.partial(spec.remap.rewrite, config=model.config, dtype=dtype)  # type: ignore[call-arg]
+        transform, config = spec.remap.rewrite, model.config
+
+        def rewrite(key: str) -> list[tuple[str, Callable[[torch.Tensor], torch.Tensor] | None]] | None:
+            return transform(key, config, dtype)
+
     return BiasPlan(new=new, add=add, config_updates=updates, strategy=strategy, rewrite=rewrite)
 
 
