@@ -3,7 +3,6 @@ plot of ``mu_l`` by layer saved beside the weights. Nothing local (paths, user n
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import json
 import struct
@@ -16,20 +15,6 @@ from bakesteer.options import ConvertOptions
 
 CARD_FILENAME = "README.md"
 PLOT_FILENAME = "mu.png"
-_FINGERPRINT_FIELDS = ("alpha", "layers", "chat_template", "dtype", "allow_remote_code")
-
-
-def fingerprint(metadata: dict[str, Any]) -> str:
-    """SHA-256 over what determines the weights: source and revision, bakesteer version, the options that shape the
-    offsets, and the prompt-set hashes. Equal fingerprints mean a rerun would write the same checkpoint."""
-    options = metadata["options"]
-    record = {
-        "source": metadata["base_model"],
-        "bakesteer": metadata["bakesteer_version"],
-        "options": {k: options.get(k) for k in _FINGERPRINT_FIELDS},
-        "prompts": {role: metadata["calibration"].get(role, {}).get("sha256") for role in ("positive", "negative")},
-    }
-    return hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()
 
 
 def command_line(metadata: dict[str, Any]) -> str:

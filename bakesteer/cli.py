@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import sys
 import typing
 from collections.abc import Callable
@@ -58,6 +59,11 @@ def common_flags(command: F) -> F:
 
 def _setup(quiet: bool, debug: bool) -> None:
     logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if not os.environ.get("HF_HUB_VERBOSITY"):
+        # the Hub client warns on every retry; bakesteer reports the outcome in one line (--debug shows them all)
+        from huggingface_hub.utils import logging as hub_logging
+
+        hub_logging.set_verbosity(logging.DEBUG if debug else logging.ERROR)
     if quiet:
         from bakesteer.progress import set_progress_bars
 

@@ -68,22 +68,46 @@ _STATUS = {
 }
 
 
-def _hub_error(repo_id: str, err: Exception) -> HubError:
+def _hub_error(repo_id: str, err: BaseException) -> HubError | None:
+    """The :class:`HubError` for a failed Hub call, or ``None`` if ``err`` is not one.
+
+    The client wraps a failed LFS upload in a ``RuntimeError`` ("Error while uploading ..."), so the cause chain is
+    searched for the HTTP or transport error underneath.
+    """
     from huggingface_hub.errors import HfHubHTTPError
 
-    if isinstance(err, HfHubHTTPError) and err.response is not None:
-        status = err.response.status_code
-        reason, hint = _STATUS.get(status, (f"the Hub answered {status}", "rerun later; check the Hub's status"))
-        return HubError(repo_id, status, reason, hint)
-    return HubError(repo_id, None, f"network error ({type(err).__name__})", "check the connection and rerun the push")
+    cause: BaseException | None = err
+    while cause is not None:
+        if isinstance(cause, HfHubHTTPError) and cause.response is not None:
+            status = cause.response.status_code
+            reason, hint = _STATUS.get(status, (f"the Hub answered {status}", "rerun later; check the Hub's status"))
+            return HubError(repo_id, status, reason, hint)
+        if isinstance(cause, _transport_errors()) or _raised_by_http_client(cause):
+            return HubError(
+                repo_id, None, f"network error ({type(cause).__name__})", "check the connection and rerun the push"
+            )
+        cause = cause.__cause__
+    return None
+
+
+def _raised_by_http_client(err: BaseException) -> bool:
+    """Whether ``err`` was raised inside the HTTP client library. When one upload thread's connection error makes
+    huggingface_hub close its shared client, a parallel upload fails with a bare ``RuntimeError`` ("the client has
+    been closed") from httpx: a network failure all the same."""
+    tb = err.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    module = tb.tb_frame.f_globals.get("__name__", "") if tb is not None else ""
+    return str(module).split(".")[0] in ("httpx", "httpx2", "httpcore", "httpcore2")
 
 
 def _transport_errors() -> tuple[type[BaseException], ...]:
-    """The HTTP client's transport errors (huggingface_hub 1.x uses httpx, 2.x its fork httpx2), plus OSError."""
+    """The HTTP client's transport errors (huggingface_hub 1.x uses httpx, 2.x its fork httpx2), plus the socket's
+    own (a local file error is not one of them)."""
     import importlib
     import importlib.util
 
-    errors: list[type[BaseException]] = [OSError]
+    errors: list[type[BaseException]] = [ConnectionError, TimeoutError]
     for name in ("httpx2", "httpx"):
         if importlib.util.find_spec(name) is not None:
             errors.append(importlib.import_module(name).HTTPError)
@@ -116,7 +140,6 @@ def push(
         HubError: the Hub refused (401, 403, 404, 409, 412, ...) or the network failed.
     """
     from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi
-    from huggingface_hub.errors import HfHubHTTPError
     from huggingface_hub.hf_api import RepoFile
 
     directory = Path(directory)
@@ -143,8 +166,11 @@ def push(
         api.create_repo(repo_id, private=private, exist_ok=True)
         if branch != "main":
             api.create_branch(repo_id, branch=branch, exist_ok=True)
+        # the tree is read at a known head, and the commit names that head as its parent: if another writer moves
+        # the branch in between, the Hub answers 412 instead of this push deleting or keeping the wrong files
+        head = api.repo_info(repo_id, revision=branch).sha
         remote = {
-            f.path: f for f in api.list_repo_tree(repo_id, revision=branch, recursive=True) if isinstance(f, RepoFile)
+            f.path: f for f in api.list_repo_tree(repo_id, revision=head, recursive=True) if isinstance(f, RepoFile)
         }
         result = PushResult(repo_id, branch, None)
         operations: list[Any] = []
@@ -159,9 +185,12 @@ def push(
         if not operations:
             logger.info("%s@%s is up to date: no commit", repo_id, branch)
             return result
-        info = api.create_commit(repo_id, operations, commit_message=message, revision=branch)
+        info = api.create_commit(repo_id, operations, commit_message=message, revision=branch, parent_commit=head)
         result.commit = info.oid
         return result
-    except (HfHubHTTPError, *_transport_errors()) as err:  # type: ignore[misc]
-        logger.debug("push failed: %r", err)
-        raise _hub_error(repo_id, err) from None
+    except Exception as err:
+        hub_error = _hub_error(repo_id, err)
+        if hub_error is None:
+            raise
+        logger.debug("push failed: %r", err, exc_info=True)
+        raise hub_error from None

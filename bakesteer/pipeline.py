@@ -26,7 +26,8 @@ from bakesteer.architectures import ArchitectureSpec, spec_for
 from bakesteer.bake import BiasPlan, bias_plan, output_config, write_remote_code
 from bakesteer.batching import pad_token_id
 from bakesteer.calibration import difference_of_means, mean_norms, residual_statistics, unit_directions
-from bakesteer.card import fingerprint, source_license, write_card
+from bakesteer.card import source_license, write_card
+from bakesteer.fingerprint import metadata_fingerprint
 from bakesteer.options import ConvertOptions, check_alpha_for_model, parse_layers
 from bakesteer.prompts import PromptSet, load_prompt_set, render_prompts
 from bakesteer.source import (
@@ -271,7 +272,7 @@ def convert(model: str, output: Path, options: ConvertOptions | None = None) -> 
         vector.save(staging.path / VECTOR_FILENAME, band=band, alpha=options.alpha)
         offset_norms = {layer: float(offsets[layer].norm()) for layer in range(*band)}
         metadata = _metadata(source, spec, vector, options, band, plan, offsets, written, dtype, report, timer)
-        metadata["fingerprint"] = fingerprint(metadata)
+        metadata["fingerprint"] = metadata_fingerprint(metadata)
         write_card(staging.path, metadata, license_=source_license(source.directory))
         metadata["timings_s"]["total"] = round(time.perf_counter() - started, 3)
         write_json(staging.path / METADATA_FILENAME, metadata)

@@ -35,7 +35,8 @@ class ModelSource:
     Attributes:
         kind: ``hub``, ``local`` or ``gguf``.
         model_id: The Hub id, or the directory's or file's base name (never a full local path).
-        revision: The resolved Hub commit, the SHA-256 of a GGUF file, or ``None`` for a local directory.
+        revision: The resolved Hub commit, the SHA-256 of a GGUF file, or for a local directory ``sha256:`` and a
+            digest of its weights, configs and tokenizer files (see :func:`directory_digest`).
         directory: The local directory holding the files.
         gguf_file: The GGUF file name inside ``directory``.
         weight_files: Safetensors files, as transformers would read them (one file, or the index's shards).
@@ -62,6 +63,27 @@ def sha256_file(path: Path) -> str:
         for chunk in iter(lambda: handle.read(1 << 22), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+#: Small files of a model directory that shape a conversion (configs, tokenizer, chat template), hashed with the weights.
+_IDENTITY_SUFFIXES = (".json", ".txt", ".model", ".jinja", ".tiktoken")
+
+
+def directory_digest(directory: Path, weight_files: tuple[str, ...]) -> str:
+    """``sha256:<hex>`` over the names and SHA-256 of a local model's weights and its small config/tokenizer files.
+
+    Two directories with the same digest convert to the same checkpoint; a changed weight, config or tokenizer
+    changes it. Other files (a README, pickles that are never read) are left out.
+    """
+    names = set(weight_files) | {
+        p.name
+        for p in directory.iterdir()
+        if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in _IDENTITY_SUFFIXES
+    }
+    digest = hashlib.sha256()
+    for name in sorted(names):
+        digest.update(f"{name}\0{sha256_file(directory / name)}\n".encode())
+    return "sha256:" + digest.hexdigest()
 
 
 def find_weights(directory: Path, model: str) -> tuple[tuple[str, ...], str | None]:
@@ -159,7 +181,8 @@ def resolve_source(model: str, *, revision: str | None = None) -> ModelSource:
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise ModelNotFoundError(path.name, reason="the directory has no config.json")
-        return ModelSource("local", path.resolve().name, None, path, *_weights(path, path.name))
+        _, files, index = _weights(path, path.name)
+        return ModelSource("local", path.resolve().name, directory_digest(path, files), path, None, files, index)
     if model.endswith(".gguf") or model.startswith((".", "/", "~")) or model.count("/") > 1:
         raise ModelNotFoundError(model, reason="no such file or directory")
     return _resolve_hub(model, revision)

@@ -1,5 +1,9 @@
 """A small Hub-compatible HTTP server for tests: the routes huggingface_hub's client uses to create a repo, upload
-(preupload, LFS batch + PUT, NDJSON commit), list, inspect and download. In memory, on 127.0.0.1, one thread."""
+(preupload, LFS batch + PUT, NDJSON commit), list, inspect and download. In memory, on 127.0.0.1.
+
+Like the Hub it checks ``parentCommit`` (412 when the branch moved). For failure tests it can crash in the middle of
+an LFS upload (the listening socket closes and the upload connection is reset) and be restarted on the same port with
+the same storage, and it can answer one chosen route with a chosen status."""
 
 from __future__ import annotations
 
@@ -7,6 +11,8 @@ import base64
 import hashlib
 import json
 import re
+import socket
+import struct
 import threading
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -33,6 +39,28 @@ class HubState:
         self.lfs: dict[str, bytes] = {}
         self.commit_count = 0
         self.lock = threading.Lock()
+        #: Crash while receiving the next LFS upload, half-way through its body.
+        self.crash_during_upload = False
+        #: ``{"commit": [(status, error_code), ...]}``: answer the next commit requests so, one entry each.
+        self.faults: dict[str, list[tuple[int, str]]] = {}
+        #: Called as ``hook(repo_id, branch)`` just before a commit is applied (to simulate a concurrent writer).
+        self.before_commit: Any = None
+        self.requests: list[tuple[str, str]] = []
+        #: Tracebacks of handler failures (a test fixture asserts there are none, unless the server crashed).
+        self.errors: list[str] = []
+        self.crashed = False
+
+    def fault(self, route: str) -> tuple[int, str] | None:
+        queue = self.faults.get(route)
+        return queue.pop(0) if queue else None
+
+    def commit(self, repo_id: str, rev: str, files: dict[str, tuple[str, bytes]], summary: str) -> str:
+        """Record a commit on ``rev`` (under ``lock``) and return its sha."""
+        self.commit_count += 1
+        sha = hashlib.sha1(f"{repo_id}{self.commit_count}{summary}".encode()).hexdigest()
+        self.repos[repo_id].commits[sha] = files
+        self.repos[repo_id].branches[rev] = sha
+        return sha
 
     def files(self, repo_id: str, rev: str) -> tuple[str, dict[str, tuple[str, bytes]]]:
         repo = self.repos[repo_id]
@@ -73,10 +101,38 @@ class Handler(BaseHTTPRequestHandler):
         return self.headers.get("Authorization") == f"Bearer {TOKEN}"
 
     # ---------------------------------------------------------------- routes
+    def setup(self) -> None:
+        super().setup()
+        self.server.connections.add(self.connection)  # type: ignore[attr-defined]
+
+    def finish(self) -> None:
+        self.server.connections.discard(self.connection)  # type: ignore[attr-defined]
+        try:
+            super().finish()
+        except (OSError, ValueError):
+            pass  # the connection was reset by a crash
+
+    def _crash(self) -> None:
+        """Die like a server process would: stop listening at once, and reset every open connection (this upload
+        and the client's idle keep-alive ones) without an answer."""
+        server = self.server
+        self.state.crashed = True
+        server.socket.close()
+        for connection in list(server.connections):  # type: ignore[attr-defined]
+            connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            try:
+                connection.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            connection.close()
+        threading.Thread(target=server.shutdown, daemon=True).start()
+        self.close_connection = True
+
     def do_POST(self) -> None:
         path = urlparse(self.path).path
         body = self._body()
         st = self.state
+        st.requests.append(("POST", path))
         if path == "/api/repos/create":
             if not self._authorized():
                 return self._error(401, "Invalid credentials in Authorization header")
@@ -132,10 +188,17 @@ class Handler(BaseHTTPRequestHandler):
             if not self._authorized():
                 return self._error(401, "Invalid credentials")
             repo_id, rev = m.group(1), unquote(m.group(2))
+            fault = st.fault("commit")
+            if fault:
+                return self._error(fault[0], f"injected {fault[0]}", fault[1])
             if repo_id not in st.repos:
                 return self._error(404, "Repository not found", "RepoNotFound")
+            if rev not in st.repos[repo_id].branches:
+                return self._error(404, f"Invalid rev id: {rev}", "RevisionNotFound")
+            if st.before_commit is not None:
+                st.before_commit(repo_id, rev)
             with st.lock:
-                _, files = st.files(repo_id, rev)
+                head, files = st.files(repo_id, rev)
                 files = dict(files)
                 summary = ""
                 for line in body.splitlines():
@@ -143,6 +206,11 @@ class Handler(BaseHTTPRequestHandler):
                     key, value = item["key"], item["value"]
                     if key == "header":
                         summary = value.get("summary", "")
+                        parent = value.get("parentCommit")
+                        if parent and parent != head:
+                            return self._error(
+                                412, f"A commit has happened since. Please refresh and try again. ({parent} != {head})"
+                            )
                     elif key == "file":
                         files[value["path"]] = ("git", base64.b64decode(value["content"]))
                     elif key == "lfsFile":
@@ -155,10 +223,7 @@ class Handler(BaseHTTPRequestHandler):
                             for p, f in files.items()
                             if p != value["path"] and not p.startswith(value["path"].rstrip("/") + "/")
                         }
-                st.commit_count += 1
-                sha = hashlib.sha1(f"{repo_id}{st.commit_count}{summary}".encode()).hexdigest()
-                st.repos[repo_id].commits[sha] = files
-                st.repos[repo_id].branches[rev] = sha
+                sha = st.commit(repo_id, rev, files, summary)
             host = self.headers["Host"]
             return self._json(
                 200, {"commitOid": sha, "commitUrl": f"http://{host}/{repo_id}/commit/{sha}", "hookOutput": ""}
@@ -180,6 +245,11 @@ class Handler(BaseHTTPRequestHandler):
         m = re.fullmatch(r"/lfs-upload/([0-9a-f]{64})", path)
         if not m:
             return self._error(404, "no route")
+        self.state.requests.append(("PUT", path))
+        if self.state.crash_during_upload:
+            self.state.crash_during_upload = False
+            self.rfile.read(int(self.headers["Content-Length"]) // 2)
+            return self._crash()
         data = self._body()
         if hashlib.sha256(data).hexdigest() != m.group(1):
             return self._error(400, "checksum mismatch")
@@ -196,6 +266,7 @@ class Handler(BaseHTTPRequestHandler):
         st = self.state
         parsed = urlparse(self.path)
         path = unquote(parsed.path)
+        st.requests.append(("HEAD" if head else "GET", path))
         m = re.fullmatch(r"/api/models/([^/]+/[^/]+)(?:/revision/(.+))?", path)
         if m:
             repo_id, rev = m.group(1), m.group(2) or "main"
@@ -246,18 +317,44 @@ class Handler(BaseHTTPRequestHandler):
         return self._error(404, f"no route {path}")
 
 
+class _Server(ThreadingHTTPServer):
+    state: HubState
+    connections: set[socket.socket]
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        import traceback
+
+        self.state.errors.append(traceback.format_exc())
+
+
 class HubServer:
-    """``with HubServer() as hub:`` serves on ``hub.endpoint``."""
+    """``with HubServer() as hub:`` serves on ``hub.endpoint``; :meth:`restart` brings a crashed server back on the
+    same port with the same storage."""
 
     def __init__(self) -> None:
         self.state = HubState()
+        self._start(0)
+
+    def _start(self, port: int) -> None:
         handler = type("BoundHandler", (Handler,), {"state": self.state})
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.httpd = _Server(("127.0.0.1", port), handler)
+        self.httpd.state = self.state
+        self.httpd.connections = set()
         self.endpoint = f"http://127.0.0.1:{self.httpd.server_address[1]}"
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    @property
+    def alive(self) -> bool:
+        return self.httpd.socket.fileno() != -1
+
+    def restart(self) -> None:
+        port = self.httpd.server_address[1]
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        self._start(port)
 
     def __enter__(self) -> HubServer:
-        self.thread.start()
         return self
 
     def __exit__(self, *exc: Any) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import struct
 import zlib
 from pathlib import Path
@@ -9,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from bakesteer import ConvertOptions, convert
-from bakesteer.card import command_line, fingerprint, plot_mu
+from bakesteer.card import command_line, plot_mu
+from bakesteer.fingerprint import metadata_fingerprint as fingerprint
 
 
 @pytest.fixture(scope="module")
@@ -76,3 +78,21 @@ def test_plot_is_a_valid_png(converted) -> None:
     assert len(raw) == height * (1 + width * 3)
     assert bytes((255, 228, 196)) in raw
     assert plot_mu([1.0, 2.0], (0, 1))[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_fingerprint_format_is_stable() -> None:
+    """Published repos store this value; a change here would republish every variant, so it is pinned."""
+    from bakesteer.fingerprint import fingerprint_of
+
+    source = {"kind": "hub", "model_id": "acme/base", "revision": "0" * 40}
+    options = {"alpha": 1, "layers": "0.4:0.9", "chat_template": True, "dtype": "auto", "allow_remote_code": False}
+    prompts = {"positive": "a" * 64, "negative": "b" * 64}
+    value = fingerprint_of(source, "0.1.0", options, prompts)
+    assert value == fingerprint_of(source, "0.1.0", {**options, "alpha": 1.0, "probes": 3}, prompts)  # 1 == 1.0
+    canonical = (
+        '{"bakesteer":"0.1.0","options":{"allow_remote_code":false,"alpha":1.0,"chat_template":true,"dtype":"auto",'
+        '"layers":"0.4:0.9"},"prompts":{"negative":"' + "b" * 64 + '","positive":"' + "a" * 64 + '"},'
+        '"source":{"kind":"hub","model_id":"acme/base","revision":"' + "0" * 40 + '"}}'
+    )
+    assert value == hashlib.sha256(canonical.encode()).hexdigest()
+    assert value == "83565c6bb5c4ec2d9bc141f0335dcdb617ba5d3359a34ac996dc6098696cd923"

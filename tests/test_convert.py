@@ -14,6 +14,7 @@ from bakesteer import ConvertOptions, convert
 from bakesteer.architectures import REGISTRY
 from bakesteer.errors import DirectionError, OutputExistsError, VectorFileError
 from bakesteer.hooks import steering
+from bakesteer.source import resolve_source
 from bakesteer.vector import SteeringVector
 
 
@@ -88,7 +89,12 @@ def test_outputs_and_metadata(llama_dir: Path, prompt_files, tmp_path: Path) -> 
     )
     meta = json.loads((out / "bakesteer.json").read_text())
     assert meta["bakesteer_version"] == "0.1.0"
-    assert meta["base_model"] == {"kind": "local", "model_id": "llama", "revision": None}
+    assert meta["base_model"] == {
+        "kind": "local",
+        "model_id": "llama",
+        "revision": resolve_source(str(llama_dir)).revision,
+    }
+    assert meta["base_model"]["revision"].startswith("sha256:")
     assert meta["method"]["band"] == {"start": 1, "end_exclusive": 4, "spec": "1-3"}
     assert meta["method"]["k"] == 1.0 and meta["method"]["d_model"] == 64
     assert meta["calibration"]["positive"]["name"] == "harmful.txt"

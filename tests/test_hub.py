@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -30,6 +31,7 @@ def hub(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
         monkeypatch.setattr(c, "HF_HUB_DISABLE_XET", True)
         monkeypatch.setattr(c, "HF_HUB_CACHE", str(tmp_path / "cache"))
         yield server
+        assert server.state.crashed or not server.state.errors, server.state.errors[0]
 
 
 def fast(prompt_files, **kw) -> ConvertOptions:
@@ -111,3 +113,81 @@ def test_unvalidated_output_needs_force(hub, tmp_path: Path) -> None:
     (tmp_path / "d").mkdir()
     code, err = _cli("push", str(tmp_path / "d"), "me/y")
     assert code == 2 and "not a bakesteer output" in err
+
+
+def test_server_dies_mid_upload(
+    hub, llama_dir: Path, prompt_files, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The server crashes while receiving the weights: the client's retries meet a closed port, the push fails with
+    one line, the converted output stays, and once the server is back the rerun completes."""
+    import huggingface_hub.utils._http as http
+
+    sleeps: list[float] = []  # the client's own backoff (1+2+4+8+8 s) runs, without the waiting
+    monkeypatch.setattr(http, "time", type("T", (), {"sleep": staticmethod(sleeps.append)}))
+    hub.state.crash_during_upload = True
+    out = tmp_path / "out"
+    args = ["convert", str(llama_dir), "-o", str(out), "--positive", str(prompt_files[0])]
+    code, err = _cli(*args, "--negative", str(prompt_files[1]), "--push-to-hub", "me/crash")
+    assert code == 2 and err.count("\n") == 1, err
+    assert "push to me/crash failed: network error" in err and "the local output is unchanged" in err
+    assert not hub.alive and len(sleeps) == 5  # every retry was spent against the dead server
+    assert json.loads((out / "bakesteer.json").read_text())["validation"]["passed"]  # the output is intact
+    assert "me/crash" not in hub.state.repos or not hub.state.files("me/crash", "main")[1]  # nothing committed
+
+    hub.restart()
+    code, err = _cli("push", str(out), "me/crash")
+    assert code == 0, err
+    _, files = hub.state.files("me/crash", "main")
+    assert {name: data for name, (_, data) in files.items()} == {p.name: p.read_bytes() for p in out.iterdir()}
+
+
+def test_missing_source_repo_and_branch(hub, prompt_files, tmp_path: Path) -> None:
+    """A source model that is not on the Hub, or a missing revision: one line each, nothing written."""
+    code, err = _cli("convert", "me/no-such-model", "-o", str(tmp_path / "o"))
+    assert code == 2 and err.count("\n") == 1 and "me/no-such-model" in err and "no such repository" in err
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize(
+    ("status", "error_code", "expected"),
+    [
+        (404, "RepoNotFound", "repository or branch not found"),
+        (409, "", "conflict with the repository's state"),
+        (412, "", "the branch moved during the push"),
+        (503, "", "the Hub answered 503"),
+    ],
+)
+def test_commit_refusals_are_one_line(
+    hub, llama_dir: Path, prompt_files, tmp_path: Path, status: int, error_code: str, expected: str
+) -> None:
+    out = convert(str(llama_dir), tmp_path / "out", fast(prompt_files)).output
+    hub.state.faults["commit"] = [(status, error_code)]  # the client does not retry a commit
+    code, err = _cli("push", str(out), "me/refused")
+    assert code == 2 and err.count("\n") == 1 and expected in err, err
+    assert not hub.state.faults["commit"]
+    code, err = _cli("push", str(out), "me/refused")  # the rerun completes
+    assert code == 0, err
+
+
+def test_concurrent_writer_gets_412_not_a_wrong_tree(hub, llama_dir: Path, prompt_files, tmp_path: Path) -> None:
+    """Another commit lands between reading the tree and committing: the Hub refuses ours (parent commit), so a
+    file the other writer added is neither deleted nor silently kept; the rerun sees it and deletes it."""
+    from bakesteer.hub import push
+
+    out = convert(str(llama_dir), tmp_path / "out", fast(prompt_files)).output
+    push(out, "me/race")
+
+    def other_writer(repo_id: str, branch: str) -> None:
+        hub.state.before_commit = None
+        with hub.state.lock:
+            head, files = hub.state.files(repo_id, branch)
+            hub.state.commit(repo_id, branch, {**files, "notes.md": ("git", b"hello")}, "other")
+
+    hub.state.before_commit = other_writer
+    (out / "extra.txt").write_text("a change, so that the push commits")
+    code, err = _cli("push", str(out), "me/race")
+    assert code == 2 and "the branch moved during the push" in err and "rerun the push" in err
+    code, err = _cli("push", str(out), "me/race")
+    assert code == 0, err
+    _, files = hub.state.files("me/race", "main")
+    assert "notes.md" not in files and "extra.txt" in files

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 from pathlib import Path
 
@@ -71,4 +72,21 @@ def test_directory_rules(tmp_path: Path, llama_dir: Path) -> None:
     with pytest.raises(UnsupportedCheckpointError, match=r"not \.gguf"):
         resolve_source(str(tmp_path / "weights.safetensors"))
     source = resolve_source(str(llama_dir))
-    assert source.kind == "local" and source.revision is None and source.model_id == "llama"
+    assert source.kind == "local" and source.model_id == "llama"
+
+
+def _reference_digest(directory: Path, names: list[str]) -> str:
+    lines = "".join(f"{n}\0{hashlib.sha256((directory / n).read_bytes()).hexdigest()}\n" for n in sorted(names))
+    return "sha256:" + hashlib.sha256(lines.encode()).hexdigest()
+
+
+def test_local_revision_is_a_content_digest(tmp_path: Path, llama_dir: Path) -> None:
+    """A local directory's identity covers its weights, configs and tokenizer files and nothing else."""
+    d = tmp_path / "copy"
+    shutil.copytree(llama_dir, d)
+    (d / "README.md").write_text("notes")  # not part of the identity
+    (d / "training_args.bin").write_bytes(b"pickle")  # never read, not part of it either
+    names = sorted(p.name for p in llama_dir.iterdir() if p.suffix in (".json", ".safetensors", ".jinja"))
+    assert resolve_source(str(d)).revision == _reference_digest(d, names) == resolve_source(str(llama_dir)).revision
+    (d / "generation_config.json").write_text('{"temperature": 0.5}')
+    assert resolve_source(str(d)).revision == _reference_digest(d, names) != resolve_source(str(llama_dir)).revision

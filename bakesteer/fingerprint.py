@@ -1,0 +1,51 @@
+"""The fingerprint of a conversion: a SHA-256 over everything that determines the written weights.
+
+It is computed twice, from the same record: by ``convert`` after the fact (stored in ``bakesteer.json`` and the
+card) and by ``publish`` before converting anything, so that a variant whose fingerprint is already on the Hub is
+skipped without loading the model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+#: The options that shape the offsets or the output dtype. Validation, device and batch size do not.
+FINGERPRINT_OPTIONS = ("alpha", "layers", "chat_template", "dtype", "allow_remote_code")
+
+
+def fingerprint_of(
+    source: dict[str, Any], bakesteer_version: str, options: dict[str, Any], prompt_sha256: dict[str, str | None]
+) -> str:
+    """SHA-256 (hex) of the canonical JSON of what determines the weights.
+
+    Args:
+        source: ``ModelSource.describe()``: kind, model id and resolved revision (Hub commit, GGUF SHA-256, or a
+            local directory's content digest).
+        bakesteer_version: The version that converts.
+        options: ``ConvertOptions.to_dict()``; only :data:`FINGERPRINT_OPTIONS` are read.
+        prompt_sha256: ``{"positive": sha256, "negative": sha256}`` of the calibration prompt sets.
+    """
+    alpha = options.get("alpha")
+    record = {
+        "source": {k: source.get(k) for k in ("kind", "model_id", "revision")},
+        "bakesteer": bakesteer_version,
+        # 1 and 1.0 are the same k: a TOML integer must not change the fingerprint
+        "options": {
+            k: float(alpha) if k == "alpha" and alpha is not None else options.get(k) for k in FINGERPRINT_OPTIONS
+        },
+        "prompts": {role: prompt_sha256.get(role) for role in ("positive", "negative")},
+    }
+    return hashlib.sha256(json.dumps(record, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def metadata_fingerprint(metadata: dict[str, Any]) -> str:
+    """The fingerprint of a finished conversion, from its ``bakesteer.json`` record."""
+    calibration = metadata["calibration"]
+    return fingerprint_of(
+        metadata["base_model"],
+        metadata["bakesteer_version"],
+        metadata["options"],
+        {role: calibration.get(role, {}).get("sha256") for role in ("positive", "negative")},
+    )
