@@ -65,7 +65,7 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-#: Small files of a model directory that shape a conversion (configs, tokenizer, chat template), hashed with the weights.
+#: Small files of a model directory that shape a conversion (configs, tokenizer, chat template), hashed with weights.
 _IDENTITY_SUFFIXES = (".json", ".txt", ".model", ".jinja", ".tiktoken")
 
 

@@ -180,7 +180,7 @@ def test_concurrent_writer_gets_412_not_a_wrong_tree(hub, llama_dir: Path, promp
     def other_writer(repo_id: str, branch: str) -> None:
         hub.state.before_commit = None
         with hub.state.lock:
-            head, files = hub.state.files(repo_id, branch)
+            _, files = hub.state.files(repo_id, branch)
             hub.state.commit(repo_id, branch, {**files, "notes.md": ("git", b"hello")}, "other")
 
     hub.state.before_commit = other_writer
