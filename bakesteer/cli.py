@@ -217,6 +217,96 @@ def _push_summary(result: Any) -> None:
         )
 
 
+#: Exit status of ``publish`` when at least one variant failed (the others were still published).
+EXIT_SOME_FAILED = 4
+
+_PUBLISH_EPILOG = """\b
+Variants file (TOML; YAML with the same keys also works):
+  [defaults]                  # any convert option by its Python name
+  dtype = "bfloat16"
+  [[prompt_sets]]             # optional; default one set "refusal"
+  name = "refusal"            # positive/negative: files, relative to this file
+  [[models]]
+  model = "OWNER/NAME"        # or a directory or .gguf file
+  alphas = [-1, 0.5, 1]
+  repo = "my-org/{model}-{prompt_set}-k{alpha}"
+  branch = "main"             # optional, may use the same placeholders
+  # revision, prompt_sets = [...], and per-model convert options
+
+\b
+Exit status: 0 when every variant is published or up to date, 2 for a bad file or token, 4 when some variant failed.
+"""
+
+
+@main.command(epilog=_PUBLISH_EPILOG)
+@click.argument("variants_file", type=click.Path(path_type=Path, dir_okay=False))
+@click.option("--dry-run", is_flag=True, help="Resolve sources and read the targets; list what would be published.")
+@click.option(
+    "--report",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Write every variant's outcome as JSON to this file (also when some fail).",
+)
+@click.option(
+    "--work-dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    help="Where outputs are converted before their push (default: the system temporary directory).",
+)
+@click.option(
+    "--keep-outputs",
+    type=click.Path(path_type=Path, file_okay=False),
+    help="Keep each converted output in this directory instead of deleting it after the push.",
+)
+@common_flags
+def publish(
+    variants_file: Path,
+    dry_run: bool,
+    report: Path | None,
+    work_dir: Path | None,
+    keep_outputs: Path | None,
+    quiet: bool,
+    debug: bool,
+) -> None:
+    """Publish every steered variant of VARIANTS_FILE (models x alphas x prompt sets) that is not already on the Hub.
+
+    Each variant is fingerprinted before anything is converted and skipped when its target already holds that
+    fingerprint. Each model is calibrated once per prompt set; every alpha reuses that vector. One commit per
+    variant; a failed variant is reported and the others still publish.
+    """
+    _setup(quiet, debug)
+
+    def show(outcome: Any) -> None:
+        if not quiet or outcome.status == "failed":
+            click.echo(_outcome_line(outcome), err=outcome.status == "failed")
+
+    def action() -> Any:
+        from bakesteer.publish import publish as run_publish
+
+        return run_publish(
+            variants_file, dry_run=dry_run, work_dir=work_dir, keep_outputs=keep_outputs, on_outcome=show
+        )
+
+    result = _run(debug, action)
+    if report is not None:
+        result.write(report)
+    if not quiet:
+        counts = ", ".join(f"{n} {status}" for status, n in sorted(result.counts().items()))
+        click.echo(f"{len(result.outcomes)} variants: {counts}; {result.calibrations} calibration(s)")
+    if result.failed:
+        sys.exit(EXIT_SOME_FAILED)
+
+
+def _outcome_line(outcome: Any) -> str:
+    v = outcome.variant
+    head = f"{outcome.status:<13} {v.target}  k={v.alpha:g} {v.prompt_set} ({v.label})"
+    if outcome.status == "failed":
+        return f"{head}: {outcome.error}"
+    if outcome.status in ("published", "unchanged"):
+        detail = f"commit {outcome.commit[:12]}" if outcome.commit else "no change on the Hub"
+        rel = outcome.validation["relative_diff"] if outcome.validation else float("nan")
+        return f"{head}: {detail}, validation {rel:.3g}, {outcome.seconds:.1f} s"
+    return f"{head}: {outcome.reason}"
+
+
 @main.command()
 @click.option(
     "--output",

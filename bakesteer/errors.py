@@ -141,3 +141,12 @@ class ValidationError(BakesteerError, AssertionError):
             f"validation failed ({check}): {detail}; nothing was written",
             hint="rerun with --debug and report the bakesteer.json validation numbers",
         )
+
+
+class VariantsFileError(BakesteerError, ValueError):
+    """A ``publish`` variants file is missing, malformed, or names an invalid option, repo or prompt set."""
+
+    def __init__(self, path: str | Path, *, reason: str, hint: str) -> None:
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(f"variants file {self.path}: {reason}", hint=hint)

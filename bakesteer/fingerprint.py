@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 from typing import Any
 
 #: The options that shape the offsets or the output dtype. Validation, device and batch size do not.
@@ -16,7 +17,10 @@ FINGERPRINT_OPTIONS = ("alpha", "layers", "chat_template", "dtype", "allow_remot
 
 
 def fingerprint_of(
-    source: dict[str, Any], bakesteer_version: str, options: dict[str, Any], prompt_sha256: dict[str, str | None]
+    source: Mapping[str, Any],
+    bakesteer_version: str,
+    options: Mapping[str, Any],
+    prompt_sha256: Mapping[str, str | None],
 ) -> str:
     """SHA-256 (hex) of the canonical JSON of what determines the weights.
 

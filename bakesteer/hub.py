@@ -16,19 +16,30 @@ from bakesteer.source import sha256_file
 
 logger = logging.getLogger(__name__)
 
+METADATA_FILENAME = "bakesteer.json"
+
 
 class HubError(BakesteerError, ConnectionError):
-    """The Hub refused or failed a push. The local output is untouched.
+    """The Hub refused or failed a request. Nothing local was changed.
 
     Attributes:
-        repo_id: The target repository.
+        repo_id: The repository (or "the Hub" for a token check).
         status: The HTTP status, or ``None`` for a network failure.
+        action: What was being done ("push to", "read", "token check at").
+        reason: The failure, in words.
     """
 
-    def __init__(self, repo_id: str, status: int | None, reason: str, hint: str) -> None:
+    def __init__(self, repo_id: str, status: int | None, reason: str, hint: str, *, action: str = "push to") -> None:
         self.repo_id = repo_id
         self.status = status
-        super().__init__(f"push to {repo_id} failed: {reason}; the local output is unchanged", hint=hint)
+        self.action = action
+        self.reason = reason
+        note = "; the local output is unchanged" if action == "push to" else ""
+        super().__init__(f"{action} {repo_id} failed: {reason}{note}", hint=hint)
+
+    def without_note(self) -> str:
+        """The one-line message without the remark about the local output (for callers that discard it)."""
+        return f"{self.action} {self.repo_id} failed: {self.reason}; {self.hint}"
 
 
 class NotPushableError(BakesteerError, ValueError):
@@ -68,23 +79,31 @@ _STATUS = {
 }
 
 
-def _hub_error(repo_id: str, err: BaseException) -> HubError | None:
+def _hub_error(repo_id: str, err: BaseException, action: str = "push to") -> HubError | None:
     """The :class:`HubError` for a failed Hub call, or ``None`` if ``err`` is not one.
 
     The client wraps a failed LFS upload in a ``RuntimeError`` ("Error while uploading ..."), so the cause chain is
     searched for the HTTP or transport error underneath.
     """
-    from huggingface_hub.errors import HfHubHTTPError
+    from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
 
     cause: BaseException | None = err
     while cause is not None:
+        if isinstance(cause, OfflineModeIsEnabled):
+            return HubError(
+                repo_id, None, "HF_HUB_OFFLINE is set", "unset HF_HUB_OFFLINE to reach the Hub", action=action
+            )
         if isinstance(cause, HfHubHTTPError) and cause.response is not None:
             status = cause.response.status_code
             reason, hint = _STATUS.get(status, (f"the Hub answered {status}", "rerun later; check the Hub's status"))
-            return HubError(repo_id, status, reason, hint)
+            return HubError(repo_id, status, reason, hint, action=action)
         if isinstance(cause, _transport_errors()) or _raised_by_http_client(cause):
             return HubError(
-                repo_id, None, f"network error ({type(cause).__name__})", "check the connection and rerun the push"
+                repo_id,
+                None,
+                f"network error ({type(cause).__name__})",
+                "check the connection and rerun",
+                action=action,
             )
         cause = cause.__cause__
     return None
@@ -143,7 +162,7 @@ def push(
     from huggingface_hub.hf_api import RepoFile
 
     directory = Path(directory)
-    meta_path = directory / "bakesteer.json"
+    meta_path = directory / METADATA_FILENAME
     if not meta_path.is_file():
         raise NotPushableError(
             f"{directory.name} is not a bakesteer output (no bakesteer.json)",
@@ -193,4 +212,74 @@ def push(
         if hub_error is None:
             raise
         logger.debug("push failed: %r", err, exc_info=True)
+        raise hub_error from None
+
+
+@dataclass(frozen=True)
+class PublishedState:
+    """What a repository branch holds now, as far as publishing is concerned.
+
+    Attributes:
+        fingerprint: The fingerprint in its ``bakesteer.json`` if that output passed validation, else ``None``.
+        reason: Why a publish is or is not needed ("new repository", "new branch", "fingerprint changed", ...).
+        head: The branch's commit, when it exists.
+    """
+
+    fingerprint: str | None
+    reason: str
+    head: str | None = None
+
+
+def published_state(repo_id: str, revision: str | None = None, *, token: str | None = None) -> PublishedState:
+    """Read ``bakesteer.json`` at ``repo_id@revision`` without downloading anything else.
+
+    Raises:
+        HubError: the Hub refused (401, 403, ...) or the network failed.
+    """
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundError
+
+    api = HfApi(token=token)
+    try:
+        try:
+            info = api.model_info(repo_id, revision=revision or "main")
+        except RevisionNotFoundError:
+            return PublishedState(None, "new branch")
+        except RepositoryNotFoundError:
+            return PublishedState(None, "new repository")
+        names = {sibling.rfilename for sibling in info.siblings or []}
+        if METADATA_FILENAME not in names:
+            return PublishedState(None, f"no {METADATA_FILENAME} in the repository", info.sha)
+        path = api.hf_hub_download(repo_id, METADATA_FILENAME, revision=info.sha)
+    except Exception as err:
+        hub_error = _hub_error(repo_id, err, action="read")
+        if hub_error is None:
+            raise
+        raise hub_error from None
+    try:
+        meta = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return PublishedState(None, f"unreadable {METADATA_FILENAME}", info.sha)
+    if not meta.get("validation", {}).get("passed"):
+        return PublishedState(None, "the published output did not pass validation", info.sha)
+    return PublishedState(meta.get("fingerprint"), "published", info.sha)
+
+
+def check_token(*, token: str | None = None) -> str:
+    """The user name the token belongs to.
+
+    Raises:
+        HubError: no token, an invalid one, or no network.
+    """
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import LocalTokenNotFoundError
+
+    try:
+        return str(HfApi(token=token).whoami()["name"])
+    except LocalTokenNotFoundError:
+        raise HubError("the Hub", 401, "no token", _STATUS[401][1], action="token check at") from None
+    except Exception as err:
+        hub_error = _hub_error("the Hub", err, action="token check at")
+        if hub_error is None:
+            raise
         raise hub_error from None

@@ -10,6 +10,8 @@ import hashlib
 import json
 import logging
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -120,8 +122,9 @@ def find_weights(directory: Path, model: str) -> tuple[tuple[str, ...], str | No
     raise UnsupportedCheckpointError(model, reason="no model.safetensors or index", hint="pass a model directory")
 
 
-def _resolve_hub(model: str, revision: str | None) -> ModelSource:
-    from huggingface_hub import snapshot_download
+@contextmanager
+def _hub_errors(model: str, revision: str | None) -> Iterator[None]:
+    """Map the Hub client's lookup errors to one :class:`ModelNotFoundError` each."""
     from huggingface_hub.errors import (
         GatedRepoError,
         HfHubHTTPError,
@@ -132,7 +135,7 @@ def _resolve_hub(model: str, revision: str | None) -> ModelSource:
     )
 
     try:
-        path = Path(snapshot_download(model, revision=revision, allow_patterns=HUB_PATTERNS))
+        yield
     except HFValidationError:
         raise ModelNotFoundError(model, reason="not a local path and not a valid Hub id") from None
     except GatedRepoError:
@@ -149,8 +152,39 @@ def _resolve_hub(model: str, revision: str | None) -> ModelSource:
         raise ModelNotFoundError(model, reason="not in the local cache and the Hub is offline") from None
     except HfHubHTTPError as err:
         raise ModelNotFoundError(model, reason=f"the Hub answered {err.response.status_code}") from None
+
+
+def _resolve_hub(model: str, revision: str | None) -> ModelSource:
+    from huggingface_hub import snapshot_download
+
+    with _hub_errors(model, revision):
+        path = Path(snapshot_download(model, revision=revision, allow_patterns=HUB_PATTERNS))
     # snapshot_download returns .../snapshots/<commit>: the resolved revision.
     return ModelSource("hub", model, path.name, path, *_weights(path, model))
+
+
+def _is_path(model: str) -> bool:
+    path = Path(model).expanduser()
+    return path.exists() or model.endswith(".gguf") or model.startswith((".", "/", "~")) or model.count("/") > 1
+
+
+def source_identity(model: str, *, revision: str | None = None) -> dict[str, Any]:
+    """``ModelSource.describe()`` of MODEL, without downloading a Hub model: for a Hub id the revision is resolved to
+    its commit with one metadata call (from the local cache when ``HF_HUB_OFFLINE`` is set); local directories and
+    GGUF files are hashed. Converting with ``revision=identity["revision"]`` then reads exactly these weights.
+
+    Raises:
+        ModelNotFoundError: as :func:`resolve_source`.
+    """
+    from huggingface_hub import constants
+
+    if _is_path(model) or constants.HF_HUB_OFFLINE:
+        return resolve_source(model, revision=revision).describe()
+    from huggingface_hub import HfApi
+
+    with _hub_errors(model, revision):
+        sha = HfApi().model_info(model, revision=revision).sha
+    return {"kind": "hub", "model_id": model, "revision": sha}
 
 
 def _weights(directory: Path, model: str) -> tuple[None, tuple[str, ...], str | None]:
@@ -183,7 +217,7 @@ def resolve_source(model: str, *, revision: str | None = None) -> ModelSource:
             raise ModelNotFoundError(path.name, reason="the directory has no config.json")
         _, files, index = _weights(path, path.name)
         return ModelSource("local", path.resolve().name, directory_digest(path, files), path, None, files, index)
-    if model.endswith(".gguf") or model.startswith((".", "/", "~")) or model.count("/") > 1:
+    if _is_path(model):
         raise ModelNotFoundError(model, reason="no such file or directory")
     return _resolve_hub(model, revision)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 sys.path.insert(0, str(Path(__file__).parent))
 
 from fixtures import llama_config, save_model
+from hub_server import TOKEN, HubServer
 
 from bakesteer.progress import set_progress_bars
 
@@ -55,3 +57,25 @@ def prompt_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
         path.write_text("\n".join(lines) + "\n")
         out.append(path)
     return out[0], out[1]
+
+
+@pytest.fixture()
+def hub(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[HubServer]:
+    """A Hub-compatible server on 127.0.0.1 that the real huggingface_hub client talks to (online, no Xet, a
+    private cache), with a valid ``HF_TOKEN``."""
+    import huggingface_hub.constants as c
+
+    with HubServer() as server:
+        monkeypatch.setenv("HF_ENDPOINT", server.endpoint)
+        monkeypatch.setenv("HF_HUB_DISABLE_XET", "1")
+        monkeypatch.setenv("HF_TOKEN", TOKEN)
+        monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+        monkeypatch.setattr(c, "ENDPOINT", server.endpoint)
+        monkeypatch.setattr(
+            c, "HUGGINGFACE_CO_URL_TEMPLATE", server.endpoint + "/{repo_id}/resolve/{revision}/{filename}"
+        )
+        monkeypatch.setattr(c, "HF_HUB_OFFLINE", False)
+        monkeypatch.setattr(c, "HF_HUB_DISABLE_XET", True)
+        monkeypatch.setattr(c, "HF_HUB_CACHE", str(tmp_path / "cache"))
+        yield server
+        assert server.state.crashed or not server.state.errors, server.state.errors[0]

@@ -267,6 +267,10 @@ class Handler(BaseHTTPRequestHandler):
         parsed = urlparse(self.path)
         path = unquote(parsed.path)
         st.requests.append(("HEAD" if head else "GET", path))
+        if path == "/api/whoami-v2":
+            if not self._authorized():
+                return self._error(401, "Invalid credentials in Authorization header")
+            return self._json(200, {"type": "user", "name": "me", "orgs": []})
         m = re.fullmatch(r"/api/models/([^/]+/[^/]+)(?:/revision/(.+))?", path)
         if m:
             repo_id, rev = m.group(1), m.group(2) or "main"

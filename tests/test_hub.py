@@ -8,30 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
-from hub_server import TOKEN, HubServer
+from hub_server import TOKEN
 
 from bakesteer import ConvertOptions, convert
 from bakesteer.cli import main
-
-
-@pytest.fixture()
-def hub(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
-    import huggingface_hub.constants as c
-
-    with HubServer() as server:
-        monkeypatch.setenv("HF_ENDPOINT", server.endpoint)
-        monkeypatch.setenv("HF_HUB_DISABLE_XET", "1")
-        monkeypatch.setenv("HF_TOKEN", TOKEN)
-        monkeypatch.setenv("HF_HUB_OFFLINE", "0")
-        monkeypatch.setattr(c, "ENDPOINT", server.endpoint)
-        monkeypatch.setattr(
-            c, "HUGGINGFACE_CO_URL_TEMPLATE", server.endpoint + "/{repo_id}/resolve/{revision}/{filename}"
-        )
-        monkeypatch.setattr(c, "HF_HUB_OFFLINE", False)
-        monkeypatch.setattr(c, "HF_HUB_DISABLE_XET", True)
-        monkeypatch.setattr(c, "HF_HUB_CACHE", str(tmp_path / "cache"))
-        yield server
-        assert server.state.crashed or not server.state.errors, server.state.errors[0]
 
 
 def fast(prompt_files, **kw) -> ConvertOptions:

@@ -12,13 +12,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 from typing import Any
 
 from bakesteer.errors import UnsupportedArchitectureError
 
 
-class Strategy(str, Enum):
+class Strategy(StrEnum):
     """How the MLP output gets the bias that carries the offset."""
 
     #: The bias already exists in every block: add the offset to it.

@@ -1,0 +1,279 @@
+"""``bakesteer publish``: a variants file to Hub repos, with the real huggingface_hub client against the loopback
+Hub. One calibration per model, fingerprints checked before converting, partial failures, dry runs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from click.testing import CliRunner
+from fixtures import FIXTURES
+from hub_server import TOKEN, HubServer
+from safetensors.torch import load_file
+
+from bakesteer import ConvertOptions, convert, pipeline
+from bakesteer.cli import EXIT_SOME_FAILED, main
+from bakesteer.errors import VariantsFileError
+from bakesteer.publish import load_variants
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def qwen3_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return FIXTURES["qwen3"](tmp_path_factory.mktemp("publish") / "qwen3")
+
+
+def _cli(*args: str) -> tuple[int, str, str]:
+    result = CliRunner().invoke(main, list(args))
+    return result.exit_code, result.stdout, result.stderr
+
+
+class Spy:
+    """Counts calls to a real function and runs it."""
+
+    def __init__(self, function: Any) -> None:
+        self.function, self.calls = function, 0
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        self.calls += 1
+        return self.function(*args, **kwargs)
+
+
+@pytest.fixture()
+def spies(monkeypatch: pytest.MonkeyPatch) -> dict[str, Spy]:
+    out = {"calibrate": Spy(pipeline.calibrate), "convert": Spy(pipeline.convert)}
+    for name, spy in out.items():
+        monkeypatch.setattr(pipeline, name, spy)
+    return out
+
+
+def _variants(tmp_path: Path, models: list[tuple[Path | str, str]], alphas: str, prompt_files, extra: str = "") -> Path:
+    (tmp_path / "prompts").mkdir(exist_ok=True)
+    for src in prompt_files:
+        (tmp_path / "prompts" / src.name).write_bytes(src.read_bytes())
+    text = (
+        "[defaults]\nprobes = 4\ngreedy_tokens = 4\n" + extra + "\n"
+        '[[prompt_sets]]\nname = "refusal"\npositive = "prompts/harmful.txt"\nnegative = "prompts/harmless.txt"\n'
+    )
+    for model, repo in models:
+        text += f'\n[[models]]\nmodel = "{model}"\nalphas = {alphas}\nrepo = "{repo}"\n'
+    path = tmp_path / "variants.toml"
+    path.write_text(text)
+    return path
+
+
+def _pushes(hub: HubServer) -> list[tuple[str, str]]:
+    return [r for r in hub.state.requests if r[0] == "PUT" or "/commit/" in r[1] or "/preupload/" in r[1]]
+
+
+def test_two_models_three_alphas_calibrate_once_each_and_rerun_skips(
+    hub: HubServer, llama_dir: Path, qwen3_dir: Path, prompt_files, tmp_path: Path, spies: dict[str, Spy]
+) -> None:
+    models = [(llama_dir, "me/{model}-k{alpha}"), (qwen3_dir, "me/{model}-{prompt_set}-k{alpha}")]
+    variants = _variants(tmp_path, models, "[-1, 0.5, 1]", prompt_files)
+    report = tmp_path / "report.json"
+
+    code, out, err = _cli("publish", str(variants), "--report", str(report))
+    assert code == 0, err
+    assert spies["calibrate"].calls == 2  # one calibration per model, shared by its three alphas
+    assert spies["convert"].calls == 6 and hub.state.commit_count == 6
+    data = json.loads(report.read_text())
+    assert data["calibrations"] == 2 and data["counts"] == {"published": 6}
+    assert [(v["model"], v["alpha"], v["repo"]) for v in data["variants"]] == [
+        ("llama", -1.0, "me/llama-k-1"),
+        ("llama", 0.5, "me/llama-k0.5"),
+        ("llama", 1.0, "me/llama-k1"),
+        ("qwen3", -1.0, "me/qwen3-refusal-k-1"),
+        ("qwen3", 0.5, "me/qwen3-refusal-k0.5"),
+        ("qwen3", 1.0, "me/qwen3-refusal-k1"),
+    ]
+    for v in data["variants"]:
+        _, files = hub.state.files(v["repo"], "main")
+        meta = json.loads(files["bakesteer.json"][1])
+        assert meta["fingerprint"] == v["fingerprint"] and meta["method"]["vector_reused"] is True
+        assert meta["method"]["k"] == v["alpha"] and meta["validation"]["passed"]
+        assert (
+            v["source"]["revision"].startswith("sha256:") and v["commit"] == hub.state.repos[v["repo"]].branches["main"]
+        )
+    assert "published" in out and "6 variants: 6 published; 2 calibration(s)" in out
+
+    # the reused vector writes exactly what a direct conversion (with its own calibration) writes
+    direct = convert(
+        str(llama_dir),
+        tmp_path / "direct",
+        ConvertOptions(positive=prompt_files[0], negative=prompt_files[1], alpha=0.5, probes=4, greedy_tokens=4),
+    )
+    _, files = hub.state.files("me/llama-k0.5", "main")
+    (tmp_path / "pushed.safetensors").write_bytes(files["model.safetensors"][1])
+    pushed, local = load_file(tmp_path / "pushed.safetensors"), load_file(direct.output / "model.safetensors")
+    assert pushed.keys() == local.keys() and all(torch.equal(pushed[k], local[k]) for k in local)
+    assert direct.metadata["fingerprint"] == data["variants"][1]["fingerprint"]
+
+    # second run: every fingerprint is already published, nothing is loaded, converted or uploaded
+    spies["calibrate"].calls = spies["convert"].calls = 0
+    before = len(_pushes(hub))
+    code, out, err = _cli("publish", str(variants), "--report", str(report))
+    assert code == 0, err
+    assert spies["calibrate"].calls == 0 and spies["convert"].calls == 0
+    assert hub.state.commit_count == 6 and len(_pushes(hub)) == before
+    assert json.loads(report.read_text())["counts"] == {"up-to-date": 6}
+    assert "6 variants: 6 up-to-date; 0 calibration(s)" in out
+
+    # one alpha changes: only that variant is converted, after one calibration of its model
+    variants.write_text(variants.read_text().replace("alphas = [-1, 0.5, 1]", "alphas = [-1, 0.5, 2]", 1))
+    code, out, err = _cli("publish", str(variants), "--report", str(report))
+    assert code == 0, err
+    data = json.loads(report.read_text())
+    assert data["counts"] == {"published": 1, "up-to-date": 5} and data["calibrations"] == 1
+    assert [v["repo"] for v in data["variants"] if v["status"] == "published"] == ["me/llama-k2"]
+    assert data["variants"][2]["reason"] == "new repository"
+    assert spies["calibrate"].calls == 1 and hub.state.commit_count == 7
+
+
+def test_dry_run_then_partial_failure(
+    hub: HubServer, llama_dir: Path, prompt_files, tmp_path: Path, spies: dict[str, Spy]
+) -> None:
+    """A forbidden target and a missing source fail alone; the good variant still publishes; exit status 4."""
+    models = [(llama_dir, "me/good-k{alpha}"), (llama_dir, "forbidden/bad-k{alpha}"), ("me/no-such-model", "me/x")]
+    variants = _variants(tmp_path, models, "[1]", prompt_files)
+    report = tmp_path / "report.json"
+
+    code, out, err = _cli("publish", str(variants), "--dry-run", "--report", str(report))
+    assert code == EXIT_SOME_FAILED
+    assert "would-publish me/good-k1@main  k=1 refusal (llama): new repository" in out and "me/x@main" in err
+    assert spies["calibrate"].calls == 0 and hub.state.commit_count == 0 and not _pushes(hub)
+    data = json.loads(report.read_text())
+    assert data["dry_run"] and [v["status"] for v in data["variants"]] == ["would-publish", "would-publish", "failed"]
+    assert data["variants"][0]["reason"] == "new repository"
+    assert "no such repository" in data["variants"][2]["error"]
+
+    code, _, err = _cli("publish", str(variants), "--report", str(report))
+    assert code == EXIT_SOME_FAILED
+    data = json.loads(report.read_text())
+    assert [v["status"] for v in data["variants"]] == ["published", "failed", "failed"]
+    assert "may not write" in data["variants"][1]["error"]
+    assert set(hub.state.repos) == {"me/good-k1"}
+    failed_lines = sorted(line for line in err.splitlines() if line.startswith("failed"))
+    assert len(failed_lines) == 2 and "forbidden/bad-k1@main" in failed_lines[0] and "me/x@main" in failed_lines[1]
+    assert "push to forbidden/bad-k1 failed: the token may not write to this repository; use a token" in err
+    assert str(tmp_path) not in report.read_text()  # no local paths in the report
+    assert not list(tmp_path.glob("**/bakesteer-publish-*"))  # scratch directories are gone
+
+
+def test_bad_token_stops_before_converting(
+    hub: HubServer,
+    llama_dir: Path,
+    prompt_files,
+    tmp_path: Path,
+    spies: dict[str, Spy],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    variants = _variants(tmp_path, [(llama_dir, "me/t-k{alpha}")], "[1]", prompt_files)
+    monkeypatch.setenv("HF_TOKEN", "hf_wrong")
+    code, _, err = _cli("publish", str(variants))
+    assert code == 2 and err.count("\n") == 1 and "authentication failed" in err and "hf_wrong" not in err
+    assert spies["calibrate"].calls == 0
+
+
+def test_hub_source_is_pinned_and_a_new_source_commit_republishes(
+    hub: HubServer, llama_dir: Path, prompt_files, tmp_path: Path, spies: dict[str, Spy]
+) -> None:
+    from huggingface_hub import HfApi
+
+    api = HfApi(token=TOKEN)
+    api.create_repo("acme/base")
+    first = api.upload_folder(repo_id="acme/base", folder_path=str(llama_dir)).oid
+    variants = _variants(tmp_path, [("acme/base", "me/base-k{alpha}")], "[1]", prompt_files)
+    report = tmp_path / "report.json"
+    code, _, err = _cli("publish", str(variants), "--report", str(report))
+    assert code == 0, err
+    variant = json.loads(report.read_text())["variants"][0]
+    assert variant["source"] == {"kind": "hub", "model_id": "acme/base", "revision": first}
+    _, files = hub.state.files("me/base-k1", "main")
+    assert f"--revision {first}" in files["README.md"][1].decode()  # the card reproduces the exact commit
+
+    code, _, err = _cli("publish", str(variants), "--report", str(report))
+    assert code == 0 and json.loads(report.read_text())["counts"] == {"up-to-date": 1}
+
+    config = json.loads((llama_dir / "generation_config.json").read_text())
+    api.upload_file(
+        repo_id="acme/base",
+        path_in_repo="generation_config.json",
+        path_or_fileobj=json.dumps({**config, "temperature": 0.5}).encode(),
+    )
+    code, _, err = _cli("publish", str(variants), "--report", str(report))
+    data = json.loads(report.read_text())
+    assert code == 0 and data["counts"] == {"published": 1}
+    assert data["variants"][0]["reason"] == "fingerprint changed"
+    assert data["variants"][0]["source"]["revision"] != first
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[defaults]\nalpha = 1\n", "'alpha' is set by publish; use alphas instead"),
+        ("[defaults]\nwidth = 1\n", "defaults: unknown key 'width'"),
+        ("[defaults]\ndtype = 3\n", "defaults: dtype must be a str, not 3"),
+        ("[defaults]\ndtype = 'float8'\n", "invalid --dtype 'float8': unknown dtype"),
+        ("colour = 1\n", "unknown top-level key 'colour'"),
+        ("[defaults\n", "cannot parse it"),
+        ("", "no [[models]] entries"),
+        ('[[models]]\nmodel = "a/b"\nalphas = []\nrepo = "me/x"\n', "alphas must be a non-empty list of numbers"),
+        ('[[models]]\nmodel = "a/b"\nalphas = [1, 1.0]\nrepo = "me/x-{alpha}"\n', "alphas has a repeated value"),
+        ('[[models]]\nmodel = "a/b"\nalphas = [1, 2]\nrepo = "me/x"\n', "both publish to me/x@main"),
+        ('[[models]]\nmodel = "a/b"\nalphas = [1]\nrepo = "me/{size}"\n', "unknown placeholder"),
+        ('[[models]]\nmodel = "a/b"\nalphas = [1]\nrepo = "no-owner"\n', "'no-owner' is not a valid OWNER/NAME"),
+        ('[[models]]\nmodel = "a/b"\nalphas = [1]\nrepo = "me/x"\nprompt_sets = ["hon"]\n', "unknown prompt set"),
+        ('[[models]]\nmodel = "a/b"\nalphas = [1]\nrepo = "me/x"\nlayers = "0.9:0.4"\n', "invalid --layers"),
+        ('[[prompt_sets]]\nname = "x"\npositive = "nope.txt"\n', "positive file 'nope.txt' not found"),
+    ],
+)
+def test_variants_file_errors_name_the_entry(tmp_path: Path, text: str, message: str) -> None:
+    path = tmp_path / "v.toml"
+    path.write_text(text)
+    with pytest.raises(VariantsFileError) as info:
+        load_variants(path)
+    assert message in info.value.one_line() and info.value.one_line().startswith("variants file v.toml: ")
+    assert "\n" not in info.value.one_line()
+
+
+def test_variants_file_error_is_one_line_from_the_cli(tmp_path: Path) -> None:
+    path = tmp_path / "v.yaml"
+    path.write_text("models:\n  - model: a/b\n    alphas: [1]\n    repo: me/x\n    alpha: 2\n")
+    code, _, err = _cli("publish", str(path))
+    assert code == 2 and err.count("\n") == 1 and "'alpha' is set by publish" in err
+
+
+def test_yaml_and_toml_give_the_same_variants(tmp_path: Path) -> None:
+    (tmp_path / "v.toml").write_text(
+        '[defaults]\ndtype = "float32"\n[[models]]\nmodel = "a/b"\nalphas = [1, -0.5]\nrepo = "me/b"\n'
+        'branch = "k{alpha}"\nlayers = "2-3"\n'
+    )
+    (tmp_path / "v.yaml").write_text(
+        "defaults: {dtype: float32}\nmodels:\n  - {model: a/b, alphas: [1, -0.5], repo: me/b, branch: 'k{alpha}', "
+        "layers: '2-3'}\n"
+    )
+    toml, yaml = load_variants(tmp_path / "v.toml"), load_variants(tmp_path / "v.yaml")
+    assert toml == yaml
+    assert [(v.target, v.alpha, v.options.layers, v.options.dtype) for v in toml] == [
+        ("me/b@k1", 1.0, "2-3", "float32"),
+        ("me/b@k-0.5", -0.5, "2-3", "float32"),
+    ]
+
+
+def test_shipped_example_and_workflow_stay_valid() -> None:
+    import yaml
+
+    variants = load_variants(ROOT / "examples" / "variants.toml")
+    assert len(variants) == 6 and len({v.target for v in variants}) == 6
+    assert len({v.group for v in variants}) == 2  # two calibrations
+    workflow = yaml.safe_load((ROOT / ".github" / "workflows" / "publish-variants.yml").read_text())
+    steps = [step for job in workflow["jobs"].values() for step in job["steps"]]
+    runs = "\n".join(step.get("run", "") for step in steps)
+    assert "bakesteer publish" in runs and "--dry-run" in runs and "--report" in runs
+    assert any(str(step.get("uses", "")).startswith("actions/cache") for step in steps)
+    assert "secrets.HF_TOKEN" in json.dumps(workflow)
