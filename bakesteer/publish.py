@@ -77,7 +77,8 @@ class Variant:
         repo_id: Target ``OWNER/NAME``.
         branch: Target branch.
         options: Every convert option of this variant (``alpha``, ``positive``/``negative`` included).
-        group: Variants with the same group share one calibration.
+        group: Variants with the same group share one calibration (same model, revision, prompt sets and
+            calibration options, even across ``[[models]]`` entries).
     """
 
     model: str
@@ -297,6 +298,12 @@ def _check_repo_id(repo_id: str, where: str, file: str) -> None:
         )
 
 
+def _calibration_key(model: str, options: ConvertOptions) -> tuple[Any, ...]:
+    """What the steering vector depends on: variants that agree on it share one calibration."""
+    names = [f.name for f in ConvertOptions.fields_in("calibration")] + ["revision", "dtype", "device", "batch_size"]
+    return (model, *(getattr(options, name) for name in names))
+
+
 def _check_options(options: ConvertOptions, where: str, file: str) -> None:
     try:
         options.check()
@@ -327,7 +334,7 @@ def load_variants(path: Path) -> list[Variant]:
 
     variants: list[Variant] = []
     targets: dict[str, str] = {}
-    group = 0
+    groups: dict[tuple[Any, ...], int] = {}
     for i, entry in enumerate(models):
         where = f"models[{i}]"
         overrides = _options_table(entry, where, file, _MODEL_KEYS)
@@ -368,6 +375,7 @@ def load_variants(path: Path) -> list[Variant]:
                     **{**defaults, **overrides, "alpha": float(alpha), "positive": positive, "negative": negative}
                 )
                 _check_options(options, where, file)
+                group = groups.setdefault(_calibration_key(model, options), len(groups))
                 variant = Variant(model, label, name, float(alpha), repo_id, branch, options, group)
                 if variant.target in targets:
                     raise VariantsFileError(
@@ -378,7 +386,6 @@ def load_variants(path: Path) -> list[Variant]:
                     )
                 targets[variant.target] = f"{where} k={_label(alpha)}"
                 variants.append(variant)
-            group += 1
     return variants
 
 

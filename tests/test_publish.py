@@ -155,6 +155,7 @@ def test_dry_run_then_partial_failure(
     assert code == EXIT_SOME_FAILED
     data = json.loads(report.read_text())
     assert [v["status"] for v in data["variants"]] == ["published", "failed", "failed"]
+    assert data["calibrations"] == 1 and spies["calibrate"].calls == 1  # the same model in two entries: one vector
     assert "may not write" in data["variants"][1]["error"]
     assert set(hub.state.repos) == {"me/good-k1"}
     failed_lines = sorted(line for line in err.splitlines() if line.startswith("failed"))
