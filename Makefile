@@ -34,6 +34,7 @@ lint: install
 
 bench: install
 	$(BIN)/python benchmarks/convert.py
+	$(BIN)/python benchmarks/publish.py
 
 clean:
 	rm -rf $(VENV) demo-output build *.egg-info

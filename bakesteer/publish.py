@@ -94,6 +94,11 @@ class Variant:
     def target(self) -> str:
         return f"{self.repo_id}@{self.branch}"
 
+    @property
+    def output_name(self) -> str:
+        """A directory name for this variant's output: ``OWNER--NAME`` (``@BRANCH`` unless main)."""
+        return self.repo_id.replace("/", "--") + ("" if self.branch == "main" else f"@{self.branch}")
+
 
 @dataclass
 class VariantOutcome:
@@ -434,8 +439,8 @@ def publish(
         VariantsFileError: the file is invalid (nothing is done).
         HubError: the token is missing or invalid (checked once, before anything is converted).
     """
-    from bakesteer.hub import check_token, published_state, push
-    from bakesteer.pipeline import compute_vector, convert
+    from bakesteer.hub import check_token, published_state
+    from bakesteer.pipeline import compute_vector
     from bakesteer.prompts import load_prompt_set
     from bakesteer.source import source_identity
 
@@ -471,10 +476,11 @@ def publish(
             except Exception as err:
                 prompt_sha[pkey] = err
         source, hashes = sources[key], prompt_sha[pkey]
-        if isinstance(source, BaseException) or isinstance(hashes, BaseException):
-            error = source if isinstance(source, BaseException) else hashes
-            assert isinstance(error, BaseException)
-            record(VariantOutcome(variant, "failed", "source or prompts", error=_failure(error)))
+        if isinstance(source, BaseException):
+            record(VariantOutcome(variant, "failed", "resolving the source", error=_failure(source)))
+            continue
+        if isinstance(hashes, BaseException):
+            record(VariantOutcome(variant, "failed", "reading the prompt sets", error=_failure(hashes)))
             continue
         planned = _planned_fingerprint(variant, source, hashes)
         try:
@@ -519,21 +525,12 @@ def publish(
                     record(outcome)
                 continue
             for variant, reason, src, planned in items:
-                record(
-                    _convert_and_push(
-                        variant,
-                        reason,
-                        src,
-                        planned,
-                        vector_path,
-                        revision,
-                        Path(scratch),
-                        keep_outputs,
-                        token,
-                        convert,
-                        push,
-                    )
-                )
+                outcome = VariantOutcome(variant, "failed", reason, planned, src)
+                output = (Path(keep_outputs) if keep_outputs is not None else Path(scratch)) / variant.output_name
+                _convert_and_push(outcome, vector_path, revision, output, token)
+                if keep_outputs is None:
+                    shutil.rmtree(output, ignore_errors=True)  # disk for the next variant
+                record(outcome)
     # keep the file's order in the report
     order = {id(v): i for i, v in enumerate(variants)}
     report.outcomes.sort(key=lambda o: order[id(o.variant)])
@@ -541,22 +538,14 @@ def publish(
 
 
 def _convert_and_push(
-    variant: Variant,
-    reason: str,
-    source: dict[str, Any],
-    planned: str,
-    vector_path: Path,
-    revision: str | None,
-    scratch: Path,
-    keep_outputs: Path | None,
-    token: str | None,
-    convert: Any,
-    push: Any,
-) -> VariantOutcome:
+    outcome: VariantOutcome, vector_path: Path, revision: str | None, output: Path, token: str | None
+) -> None:
+    """Convert one variant with the shared vector, then push it; fills in ``outcome`` (failed on any error)."""
+    from bakesteer.hub import push
+    from bakesteer.pipeline import convert
+
+    variant = outcome.variant
     started = time.perf_counter()
-    outcome = VariantOutcome(variant, "failed", reason, planned, source)
-    name = variant.repo_id.replace("/", "--") + ("" if variant.branch == "main" else f"@{variant.branch}")
-    output = (Path(keep_outputs) if keep_outputs is not None else scratch) / name
     try:
         result = convert(variant.model, output, variant.options.replace(vector=vector_path, revision=revision))
         outcome.validation = {
@@ -564,13 +553,8 @@ def _convert_and_push(
             "relative_diff": result.validation.relative_diff,
             "dtype": result.validation.dtype,
         }
-        if result.metadata["fingerprint"] != planned:  # both come from the same record: a bakesteer bug
-            logger.warning(
-                "%s: fingerprint %s differs from the planned %s",
-                variant.target,
-                result.metadata["fingerprint"],
-                planned,
-            )
+        if result.metadata["fingerprint"] != outcome.fingerprint:  # both come from the same record: a bug
+            logger.warning("%s: fingerprint differs from the planned one", variant.target)
             outcome.fingerprint = result.metadata["fingerprint"]
         pushed = push(
             result.output,
@@ -585,8 +569,4 @@ def _convert_and_push(
     except Exception as err:
         logger.debug("%s failed", variant.target, exc_info=True)
         outcome.error = _failure(err)
-    finally:
-        if keep_outputs is None and output.exists():
-            shutil.rmtree(output, ignore_errors=True)
     outcome.seconds = time.perf_counter() - started
-    return outcome

@@ -47,6 +47,7 @@ def main() -> None:
 
         set_progress_bars(False)
         model = work / "SmolLM2-135M-Instruct"
+        model.mkdir()
         info = child_prepare(model)
 
         start = time.perf_counter()

@@ -191,12 +191,12 @@ class Handler(BaseHTTPRequestHandler):
             fault = st.fault("commit")
             if fault:
                 return self._error(fault[0], f"injected {fault[0]}", fault[1])
+            if st.before_commit is not None:
+                st.before_commit(repo_id, rev)
             if repo_id not in st.repos:
                 return self._error(404, "Repository not found", "RepoNotFound")
             if rev not in st.repos[repo_id].branches:
                 return self._error(404, f"Invalid rev id: {rev}", "RevisionNotFound")
-            if st.before_commit is not None:
-                st.before_commit(repo_id, rev)
             with st.lock:
                 head, files = st.files(repo_id, rev)
                 files = dict(files)

@@ -171,3 +171,24 @@ def test_concurrent_writer_gets_412_not_a_wrong_tree(hub, llama_dir: Path, promp
     assert code == 0, err
     _, files = hub.state.files("me/race", "main")
     assert "notes.md" not in files and "extra.txt" in files
+
+
+def test_repo_deleted_during_the_push(hub, llama_dir: Path, prompt_files, tmp_path: Path) -> None:
+    """The target repo disappears between its creation and the commit (deleted on the Hub): a 404, one line, the
+    output intact; the rerun creates the repo again and completes."""
+    out = convert(str(llama_dir), tmp_path / "out", fast(prompt_files)).output
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+
+    def delete_repo(repo_id: str, branch: str) -> None:
+        hub.state.before_commit = None
+        with hub.state.lock:
+            del hub.state.repos[repo_id]
+
+    hub.state.before_commit = delete_repo
+    code, err = _cli("push", str(out), "me/gone")
+    assert code == 2 and err.count("\n") == 1, err
+    assert "push to me/gone failed: repository or branch not found; the local output is unchanged" in err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    code, err = _cli("push", str(out), "me/gone")
+    assert code == 0, err
+    assert set(hub.state.files("me/gone", "main")[1]) == set(before)

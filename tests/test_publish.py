@@ -190,9 +190,11 @@ def test_hub_source_is_pinned_and_a_new_source_commit_republishes(
     first = api.upload_folder(repo_id="acme/base", folder_path=str(llama_dir)).oid
     variants = _variants(tmp_path, [("acme/base", "me/base-k{alpha}")], "[1]", prompt_files)
     report = tmp_path / "report.json"
-    code, _, err = _cli("publish", str(variants), "--report", str(report))
+    code, _, err = _cli("publish", str(variants), "--report", str(report), "--keep-outputs", str(tmp_path / "kept"))
     assert code == 0, err
+    kept = json.loads((tmp_path / "kept" / "me--base-k1" / "bakesteer.json").read_text())
     variant = json.loads(report.read_text())["variants"][0]
+    assert kept["fingerprint"] == variant["fingerprint"]
     assert variant["source"] == {"kind": "hub", "model_id": "acme/base", "revision": first}
     _, files = hub.state.files("me/base-k1", "main")
     assert f"--revision {first}" in files["README.md"][1].decode()  # the card reproduces the exact commit
