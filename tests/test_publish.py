@@ -100,6 +100,7 @@ def test_two_models_three_alphas_calibrate_once_each_and_rerun_skips(
             v["source"]["revision"].startswith("sha256:") and v["commit"] == hub.state.repos[v["repo"]].branches["main"]
         )
     assert "published" in out and "6 variants: 6 published; 2 calibration(s)" in out
+    assert TOKEN not in report.read_text() + out + err and str(tmp_path) not in report.read_text()
 
     # the reused vector writes exactly what a direct conversion (with its own calibration) writes
     direct = convert(
