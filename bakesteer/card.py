@@ -15,6 +15,8 @@ from bakesteer.options import ConvertOptions
 
 CARD_FILENAME = "README.md"
 PLOT_FILENAME = "mu.png"
+#: Stands for the repository id in the card's usage snippet; ``bakesteer push`` replaces it with the real one.
+REPO_PLACEHOLDER = "REPO_ID"
 
 
 def command_line(metadata: dict[str, Any]) -> str:
@@ -177,6 +179,7 @@ def render_card(metadata: dict[str, Any], *, license_: str | None = None) -> str
             flag=flags or "-", target=arch["config_updates"].get("model_type", "")
         ),
         plot=PLOT_FILENAME,
+        repo_id=REPO_PLACEHOLDER,
         v=v,
         runtimes=arch["runtimes"],
         runtime_note=runtime_note,

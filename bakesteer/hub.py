@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bakesteer.card import CARD_FILENAME, REPO_PLACEHOLDER
 from bakesteer.errors import BakesteerError
 from bakesteer.source import sha256_file
 
@@ -58,16 +59,25 @@ class PushResult:
     unchanged: list[str] = field(default_factory=list)
 
 
-def _git_oid(path: Path) -> str:
-    data = path.read_bytes()
+def _git_oid(data: bytes) -> str:
     return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
 
 
-def _same(path: Path, remote: Any) -> bool:
+def _same(local: Path | bytes, remote: Any) -> bool:
     lfs = getattr(remote, "lfs", None)
     if lfs is not None:
-        return bool(lfs.size == path.stat().st_size and lfs.sha256 == sha256_file(path))
-    return bool(getattr(remote, "blob_id", None) == _git_oid(path))
+        if isinstance(local, bytes):
+            return bool(lfs.size == len(local) and lfs.sha256 == hashlib.sha256(local).hexdigest())
+        return bool(lfs.size == local.stat().st_size and lfs.sha256 == sha256_file(local))
+    data = local if isinstance(local, bytes) else local.read_bytes()
+    return bool(getattr(remote, "blob_id", None) == _git_oid(data))
+
+
+def _for_repo(name: str, path: Path, repo_id: str) -> Path | bytes:
+    """What is uploaded for a local file: the card gets its usage snippet pointed at ``repo_id``; the rest as is."""
+    if name != CARD_FILENAME:
+        return path
+    return path.read_bytes().replace(f'"{REPO_PLACEHOLDER}"'.encode(), f'"{repo_id}"'.encode())
 
 
 _STATUS = {
@@ -194,10 +204,12 @@ def push(
         result = PushResult(repo_id, branch, None)
         operations: list[Any] = []
         for name, path in local.items():
-            if name in remote and _same(path, remote[name]):
+            content = _for_repo(name, path, repo_id)
+            if name in remote and _same(content, remote[name]):
                 result.unchanged.append(name)
             else:
-                operations.append(CommitOperationAdd(path_in_repo=name, path_or_fileobj=str(path)))
+                source = content if isinstance(content, bytes) else str(content)
+                operations.append(CommitOperationAdd(path_in_repo=name, path_or_fileobj=source))
                 result.uploaded.append(name)
         result.deleted = sorted(p for p in remote if p not in local and p != ".gitattributes")
         operations += [CommitOperationDelete(path_in_repo=p) for p in result.deleted]

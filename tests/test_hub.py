@@ -36,6 +36,9 @@ def test_convert_push_download_reload(hub, llama_dir: Path, prompt_files, tmp_pa
     assert torch.equal(_logits(downloaded), _logits(result.output))
     card = ModelCard.load(downloaded / "README.md")
     assert card.data.library_name == "transformers" and "bakesteer" in card.data.tags
+    # the pushed card's usage snippet names the repo; the local card keeps the placeholder
+    assert 'AutoModelForCausalLM.from_pretrained("me/steered")' in card.text
+    assert 'from_pretrained("REPO_ID")' in (result.output / "README.md").read_text()
     assert TOKEN not in (downloaded / "bakesteer.json").read_text() + card.text
 
 
@@ -119,7 +122,9 @@ def test_server_dies_mid_upload(
     code, err = _cli("push", str(out), "me/crash")
     assert code == 0, err
     _, files = hub.state.files("me/crash", "main")
-    assert {name: data for name, (_, data) in files.items()} == {p.name: p.read_bytes() for p in out.iterdir()}
+    expected = {p.name: p.read_bytes() for p in out.iterdir()}
+    expected["README.md"] = expected["README.md"].replace(b'"REPO_ID"', b'"me/crash"')  # the card names its repo
+    assert {name: data for name, (_, data) in files.items()} == expected
 
 
 def test_missing_source_repo_and_branch(hub, prompt_files, tmp_path: Path) -> None:

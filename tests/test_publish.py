@@ -198,7 +198,9 @@ def test_hub_source_is_pinned_and_a_new_source_commit_republishes(
     assert kept["fingerprint"] == variant["fingerprint"]
     assert variant["source"] == {"kind": "hub", "model_id": "acme/base", "revision": first}
     _, files = hub.state.files("me/base-k1", "main")
-    assert f"--revision {first}" in files["README.md"][1].decode()  # the card reproduces the exact commit
+    card = files["README.md"][1].decode()
+    assert f"--revision {first}" in card  # the card reproduces the exact commit
+    assert "\nbase_model: acme/base\n" in card and 'from_pretrained("me/base-k1")' in card
 
     code, _, err = _cli("publish", str(variants), "--report", str(report))
     assert code == 0 and json.loads(report.read_text())["counts"] == {"up-to-date": 1}
