@@ -51,7 +51,8 @@ def spies(monkeypatch: pytest.MonkeyPatch) -> dict[str, Spy]:
     return out
 
 
-def _variants(tmp_path: Path, models: list[tuple[Path | str, str]], alphas: str, prompt_files, extra: str = "") -> Path:
+def _variants(tmp_path: Path, models: list[tuple[Any, ...]], alphas: str, prompt_files, extra: str = "") -> Path:
+    """A variants file: one ``[[models]]`` entry per ``(model, repo[, branch])``."""
     (tmp_path / "prompts").mkdir(exist_ok=True)
     for src in prompt_files:
         (tmp_path / "prompts" / src.name).write_bytes(src.read_bytes())
@@ -59,8 +60,9 @@ def _variants(tmp_path: Path, models: list[tuple[Path | str, str]], alphas: str,
         "[defaults]\nprobes = 4\ngreedy_tokens = 4\n" + extra + "\n"
         '[[prompt_sets]]\nname = "refusal"\npositive = "prompts/harmful.txt"\nnegative = "prompts/harmless.txt"\n'
     )
-    for model, repo in models:
+    for model, repo, *branch in models:
         text += f'\n[[models]]\nmodel = "{model}"\nalphas = {alphas}\nrepo = "{repo}"\n'
+        text += f'branch = "{branch[0]}"\n' if branch else ""
     path = tmp_path / "variants.toml"
     path.write_text(text)
     return path
@@ -73,7 +75,7 @@ def _pushes(hub: HubServer) -> list[tuple[str, str]]:
 def test_two_models_three_alphas_calibrate_once_each_and_rerun_skips(
     hub: HubServer, llama_dir: Path, qwen3_dir: Path, prompt_files, tmp_path: Path, spies: dict[str, Spy]
 ) -> None:
-    models = [(llama_dir, "me/{model}-k{alpha}"), (qwen3_dir, "me/{model}-{prompt_set}-k{alpha}")]
+    models = [(llama_dir, "me/{model}-k{alpha}"), (qwen3_dir, "me/{model}-{prompt_set}", "k{alpha}")]
     variants = _variants(tmp_path, models, "[-1, 0.5, 1]", prompt_files)
     report = tmp_path / "report.json"
 
@@ -83,21 +85,23 @@ def test_two_models_three_alphas_calibrate_once_each_and_rerun_skips(
     assert spies["convert"].calls == 6 and hub.state.commit_count == 6
     data = json.loads(report.read_text())
     assert data["calibrations"] == 2 and data["counts"] == {"published": 6}
-    assert [(v["model"], v["alpha"], v["repo"]) for v in data["variants"]] == [
-        ("llama", -1.0, "me/llama-k-1"),
-        ("llama", 0.5, "me/llama-k0.5"),
-        ("llama", 1.0, "me/llama-k1"),
-        ("qwen3", -1.0, "me/qwen3-refusal-k-1"),
-        ("qwen3", 0.5, "me/qwen3-refusal-k0.5"),
-        ("qwen3", 1.0, "me/qwen3-refusal-k1"),
+    assert [(v["model"], v["alpha"], v["repo"], v["branch"], v["reason"]) for v in data["variants"]] == [
+        ("llama", -1.0, "me/llama-k-1", "main", "new repository"),
+        ("llama", 0.5, "me/llama-k0.5", "main", "new repository"),
+        ("llama", 1.0, "me/llama-k1", "main", "new repository"),
+        ("qwen3", -1.0, "me/qwen3-refusal", "k-1", "new repository"),
+        ("qwen3", 0.5, "me/qwen3-refusal", "k0.5", "new repository"),  # (planned before the first push)
+        ("qwen3", 1.0, "me/qwen3-refusal", "k1", "new repository"),
     ]
+    assert set(hub.state.repos["me/qwen3-refusal"].branches) == {"main", "k-1", "k0.5", "k1"}
     for v in data["variants"]:
-        _, files = hub.state.files(v["repo"], "main")
+        _, files = hub.state.files(v["repo"], v["branch"])
         meta = json.loads(files["bakesteer.json"][1])
         assert meta["fingerprint"] == v["fingerprint"] and meta["method"]["vector_reused"] is True
         assert meta["method"]["k"] == v["alpha"] and meta["validation"]["passed"]
         assert (
-            v["source"]["revision"].startswith("sha256:") and v["commit"] == hub.state.repos[v["repo"]].branches["main"]
+            v["source"]["revision"].startswith("sha256:")
+            and v["commit"] == hub.state.repos[v["repo"]].branches[v["branch"]]
         )
     assert "published" in out and "6 variants: 6 published; 2 calibration(s)" in out
     assert TOKEN not in report.read_text() + out + err and str(tmp_path) not in report.read_text()
@@ -124,15 +128,15 @@ def test_two_models_three_alphas_calibrate_once_each_and_rerun_skips(
     assert json.loads(report.read_text())["counts"] == {"up-to-date": 6}
     assert "6 variants: 6 up-to-date; 0 calibration(s)" in out
 
-    # one alpha changes: only that variant is converted, after one calibration of its model
-    variants.write_text(variants.read_text().replace("alphas = [-1, 0.5, 1]", "alphas = [-1, 0.5, 2]", 1))
+    # one alpha changes in each model: only those two variants are converted, after one calibration per model
+    variants.write_text(variants.read_text().replace("alphas = [-1, 0.5, 1]", "alphas = [-1, 0.5, 2]"))
     code, out, err = _cli("publish", str(variants), "--report", str(report))
     assert code == 0, err
     data = json.loads(report.read_text())
-    assert data["counts"] == {"published": 1, "up-to-date": 5} and data["calibrations"] == 1
-    assert [v["repo"] for v in data["variants"] if v["status"] == "published"] == ["me/llama-k2"]
-    assert data["variants"][2]["reason"] == "new repository"
-    assert spies["calibrate"].calls == 1 and hub.state.commit_count == 7
+    assert data["counts"] == {"published": 2, "up-to-date": 4} and data["calibrations"] == 2
+    published = [(v["repo"], v["branch"], v["reason"]) for v in data["variants"] if v["status"] == "published"]
+    assert published == [("me/llama-k2", "main", "new repository"), ("me/qwen3-refusal", "k2", "new branch")]
+    assert spies["calibrate"].calls == 2 and spies["convert"].calls == 2 and hub.state.commit_count == 8
 
 
 def test_dry_run_then_partial_failure(
