@@ -277,6 +277,16 @@ def published_state(repo_id: str, revision: str | None = None, *, token: str | N
     return PublishedState(meta.get("fingerprint"), "published", info.sha)
 
 
+def check_online() -> None:
+    """Raises :class:`HubError` when ``HF_HUB_OFFLINE`` is set (the Hub cannot be reached at all)."""
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        raise HubError(
+            "the Hub", None, "HF_HUB_OFFLINE is set", "unset HF_HUB_OFFLINE to reach the Hub", action="reaching"
+        )
+
+
 def check_token(*, token: str | None = None) -> str:
     """The user name the token belongs to.
 

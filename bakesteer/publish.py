@@ -437,15 +437,17 @@ def publish(
 
     Raises:
         VariantsFileError: the file is invalid (nothing is done).
-        HubError: the token is missing or invalid (checked once, before anything is converted).
+        HubError: ``HF_HUB_OFFLINE`` is set, or the token is missing or invalid (checked once, before anything is
+            converted).
     """
-    from bakesteer.hub import check_token, published_state
+    from bakesteer.hub import check_online, check_token, published_state
     from bakesteer.pipeline import compute_vector
     from bakesteer.prompts import load_prompt_set
     from bakesteer.source import source_identity
 
     variants = load_variants(Path(variants_file))
     report = PublishReport(dry_run=dry_run)
+    check_online()  # even a dry run reads every target
     if not dry_run:
         check_token(token=token)
 

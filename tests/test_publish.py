@@ -287,3 +287,13 @@ def test_shipped_example_and_workflow_stay_valid() -> None:
     assert "bakesteer publish" in runs and "--dry-run" in runs and "--report" in runs
     assert any(str(step.get("uses", "")).startswith("actions/cache") for step in steps)
     assert "secrets.HF_TOKEN" in json.dumps(workflow)
+
+
+def test_offline_publish_is_one_line(llama_dir: Path, prompt_files, tmp_path: Path, spies: dict[str, Spy]) -> None:
+    """Without the hub fixture the suite runs with HF_HUB_OFFLINE=1: even a dry run needs to read the targets."""
+    variants = _variants(tmp_path, [(llama_dir, "me/o-k{alpha}")], "[1]", prompt_files)
+    expected = "reaching the Hub failed: HF_HUB_OFFLINE is set; unset HF_HUB_OFFLINE to reach the Hub"
+    for extra in ([], ["--dry-run"]):
+        code, out, err = _cli("publish", str(variants), *extra)
+        assert code == 2 and not out and err == f"bakesteer: error: {expected}\n"
+    assert spies["calibrate"].calls == 0
