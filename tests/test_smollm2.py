@@ -68,3 +68,36 @@ def test_smollm2_bfloat16(gguf: Path, tmp_path: Path) -> None:
     result = convert(str(gguf), tmp_path / "out", ConvertOptions(alpha=1.0, dtype="bfloat16", probes=4))
     v = result.validation
     assert v.dtype == "bfloat16" and v.floor_relative and v.relative_diff <= v.tolerance
+
+
+def test_smollm2_gguf_publish_and_download(gguf: Path, hub, tmp_path: Path) -> None:
+    """The embedded model through `publish`: one calibration for two alphas, pushed to the loopback Hub, downloaded
+    into a fresh folder and generated from with plain transformers, equal to a local conversion."""
+    from huggingface_hub import snapshot_download
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from bakesteer.publish import publish
+
+    variants = tmp_path / "variants.toml"
+    variants.write_text(f'[[models]]\nmodel = "{gguf}"\nalphas = [-0.5, 0.5]\nrepo = "me/smol-k{{alpha}}"\n')
+    report = publish(variants)
+    assert report.calibrations == 1 and report.counts() == {"published": 2}, [o.error for o in report.outcomes]
+    assert all(o.source and o.source["kind"] == "gguf" for o in report.outcomes)
+
+    local = convert(str(gguf), tmp_path / "local", ConvertOptions(alpha=0.5))
+    assert local.metadata["fingerprint"] == report.outcomes[1].fingerprint
+    downloaded = Path(snapshot_download("me/smol-k0.5", cache_dir=str(tmp_path / "dl")))
+    tokenizer = AutoTokenizer.from_pretrained(downloaded)
+    ids = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "Give me three tips for keeping houseplants alive."}],
+        add_generation_prompt=True,
+        return_tensors="pt",
+        return_dict=True,
+    )["input_ids"]
+    outputs = []
+    for directory in (downloaded, local.output):
+        model = AutoModelForCausalLM.from_pretrained(directory).eval()
+        with torch.no_grad():
+            outputs.append(model.generate(ids, max_new_tokens=16, do_sample=False))
+    assert torch.equal(outputs[0], outputs[1])
+    assert publish(variants).counts() == {"up-to-date": 2}
