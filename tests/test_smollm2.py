@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -13,6 +14,14 @@ from bakesteer import ConvertOptions, convert
 from bakesteer.demo import smollm2_gguf
 
 pytestmark = pytest.mark.slow
+
+
+def _chat_ids(tokenizer: Any, prompt: str) -> torch.Tensor:
+    """One user turn and the generation prompt, as a ``[1, T]`` tensor."""
+    messages = [{"role": "user", "content": prompt}]
+    return tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)[
+        "input_ids"
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -52,12 +61,7 @@ def test_attention_sink_is_excluded(gguf: Path) -> None:
 
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name).eval()
     tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    ids = tok.apply_chat_template(
-        [{"role": "user", "content": "Tell me about rivers."}],
-        add_generation_prompt=True,
-        return_tensors="pt",
-        return_dict=True,
-    )["input_ids"]
+    ids = _chat_ids(tok, "Tell me about rivers.")
     with torch.no_grad():
         hs = model(ids, output_hidden_states=True).hidden_states
     norms = hs[16][0].norm(dim=-1)
@@ -88,12 +92,7 @@ def test_smollm2_gguf_publish_and_download(gguf: Path, hub, tmp_path: Path) -> N
     assert local.metadata["fingerprint"] == report.outcomes[1].fingerprint
     downloaded = Path(snapshot_download("me/smol-k0.5", cache_dir=str(tmp_path / "dl")))
     tokenizer = AutoTokenizer.from_pretrained(downloaded)
-    ids = tokenizer.apply_chat_template(
-        [{"role": "user", "content": "Give me three tips for keeping houseplants alive."}],
-        add_generation_prompt=True,
-        return_tensors="pt",
-        return_dict=True,
-    )["input_ids"]
+    ids = _chat_ids(tokenizer, "Give me three tips for keeping houseplants alive.")
     outputs = []
     for directory in (downloaded, local.output):
         model = AutoModelForCausalLM.from_pretrained(directory).eval()
