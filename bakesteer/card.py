@@ -14,6 +14,8 @@ from typing import Any
 from bakesteer.options import ConvertOptions
 
 CARD_FILENAME = "README.md"
+#: The conversion record (options, hashes, validation report, fingerprint) beside the weights.
+METADATA_FILENAME = "bakesteer.json"
 PLOT_FILENAME = "mu.png"
 #: Stands for the repository id in the card's usage snippet; ``bakesteer push`` replaces it with the real one.
 REPO_PLACEHOLDER = "REPO_ID"

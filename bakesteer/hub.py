@@ -11,13 +11,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bakesteer.card import CARD_FILENAME, REPO_PLACEHOLDER
+from bakesteer.card import CARD_FILENAME, METADATA_FILENAME, REPO_PLACEHOLDER
 from bakesteer.errors import BakesteerError
 from bakesteer.source import sha256_file
 
 logger = logging.getLogger(__name__)
-
-METADATA_FILENAME = "bakesteer.json"
 
 
 class HubError(BakesteerError, ConnectionError):

@@ -26,7 +26,7 @@ from bakesteer.architectures import ArchitectureSpec, spec_for
 from bakesteer.bake import BiasPlan, bias_plan, output_config, write_remote_code
 from bakesteer.batching import pad_token_id
 from bakesteer.calibration import difference_of_means, mean_norms, residual_statistics, unit_directions
-from bakesteer.card import source_license, write_card
+from bakesteer.card import METADATA_FILENAME, source_license, write_card
 from bakesteer.fingerprint import metadata_fingerprint
 from bakesteer.options import ConvertOptions, check_alpha_for_model, parse_layers
 from bakesteer.prompts import PromptSet, load_prompt_set, render_prompts
@@ -44,8 +44,6 @@ from bakesteer.vector import VECTOR_FILENAME, SteeringVector
 from bakesteer.writer import AtomicDirectory, check_output, normalise_modes, write_json, write_weights
 
 logger = logging.getLogger(__name__)
-
-METADATA_FILENAME = "bakesteer.json"
 
 
 @dataclass
