@@ -6,6 +6,7 @@ Only safetensors and GGUF are read; a pickle checkpoint (``.bin``, ``.pt``) can 
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import json
 import logging
@@ -59,9 +60,20 @@ class ModelSource:
 
 
 def sha256_file(path: Path) -> str:
-    """SHA-256 of a file, read in 4 MiB chunks."""
+    """SHA-256 of a file, read in 4 MiB chunks.
+
+    Remembered for the process, keyed on the file's identity and modification (device, inode, size, mtime): one
+    ``publish`` resolves the same source for its plan, its calibration and every alpha, and a model's weights are
+    read once, not once per resolve.
+    """
+    st = Path(path).stat()
+    return _sha256_of(str(Path(path).resolve()), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=1024)
+def _sha256_of(path: str, device: int, inode: int, size: int, mtime_ns: int) -> str:
     digest = hashlib.sha256()
-    with path.open("rb") as handle:
+    with open(path, "rb") as handle:
         for chunk in iter(lambda: handle.read(1 << 22), b""):
             digest.update(chunk)
     return digest.hexdigest()
