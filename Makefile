@@ -35,6 +35,7 @@ lint: install
 bench: install
 	$(BIN)/python benchmarks/convert.py
 	$(BIN)/python benchmarks/publish.py
+	$(BIN)/python benchmarks/sweep.py
 
 clean:
 	rm -rf $(VENV) demo-output build *.egg-info

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -113,3 +114,70 @@ def unit_directions(diff: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     safe = torch.where(ok, norms, torch.ones_like(norms))
     directions = torch.where(ok[:, None], diff / safe[:, None], torch.zeros_like(diff))
     return directions.to(torch.float32), norms
+
+
+@torch.no_grad()
+def sequence_residuals(
+    model: nn.Module,
+    spec: ArchitectureSpec,
+    sequences: list[list[int]],
+    *,
+    layers: list[int],
+    reduce: str,
+    batch_size: int,
+    pad_id: int,
+) -> torch.Tensor:
+    """One residual per sequence at each of ``layers``, float64 ``[N, len(layers), d]`` on the CPU.
+
+    Args:
+        reduce: ``last``: the residual at each sequence's last token (the calibration's reading); ``mean``: the mean
+            over its tokens, padding and position 0 (the attention sink, as in ``mu``) excluded, so every sequence
+            needs at least two tokens.
+    """
+    if reduce not in ("last", "mean"):
+        raise ValueError(f"unknown reduction {reduce!r}")
+    if reduce == "mean" and any(len(s) < 2 for s in sequences):
+        raise ValueError("a mean residual excluding position 0 needs sequences of at least two tokens")
+    d_model = int(model.config.get_text_config().hidden_size)  # type: ignore[union-attr,operator]
+    device = next(model.parameters()).device
+    slot = {layer: i for i, layer in enumerate(layers)}
+    out = torch.zeros(len(sequences), len(layers), d_model, dtype=torch.float64)
+    state: dict[str, Any] = {}
+    last_layer = max(layers)
+
+    def record(index: int, hidden: torch.Tensor) -> None:
+        if index not in slot:
+            return None
+        h = hidden.float()
+        if reduce == "last":
+            values = h[:, -1, :].double()
+        else:
+            counted = state["counted"]
+            values = (h * counted[..., None]).sum(dim=1, dtype=torch.float64) / counted.sum(dim=1, dtype=torch.float64)[
+                :, None
+            ]
+        out[state["indices"], slot[index]] = values.cpu()
+        if index == last_layer:
+            raise _StopForward  # the blocks above the last layer read would be computed for nothing
+        return None
+
+    backbone = model.get_submodule(spec.backbone)
+    with layer_hooks(model, spec, record):
+        for batch in left_padded_batches(sequences, batch_size, pad_id):
+            batch = batch.to(device)
+            state["indices"] = batch.indices
+            state["counted"] = (batch.attention_mask.bool() & (batch.position_ids > 0)).to(torch.float32)
+            try:
+                backbone(
+                    input_ids=batch.input_ids,
+                    attention_mask=batch.attention_mask,
+                    position_ids=batch.position_ids,
+                    use_cache=False,
+                )
+            except _StopForward:
+                pass
+    return out
+
+
+class _StopForward(Exception):
+    """Raised by a hook to end a forward pass once the last needed block has run."""

@@ -3,10 +3,7 @@ plot of ``mu_l`` by layer saved beside the weights. Nothing local (paths, user n
 
 from __future__ import annotations
 
-import itertools
 import json
-import struct
-import zlib
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -19,6 +16,8 @@ METADATA_FILENAME = "bakesteer.json"
 PLOT_FILENAME = "mu.png"
 #: Stands for the repository id in the card's usage snippet; ``bakesteer push`` replaces it with the real one.
 REPO_PLACEHOLDER = "REPO_ID"
+#: The ``--alpha auto`` sweep's plot (each metric against k, the chosen k marked).
+SWEEP_PLOT = "sweep.png"
 
 
 def command_line(metadata: dict[str, Any]) -> str:
@@ -39,65 +38,6 @@ def command_line(metadata: dict[str, Any]) -> str:
         if metadata["base_model"]["kind"] == "hub" and revision:
             parts += ["--revision", revision]
     return " ".join([*parts, "--output", "OUTPUT"])
-
-
-# --------------------------------------------------------------------------- a tiny PNG plot, no plotting library
-
-
-def _png(width: int, height: int, pixels: bytearray) -> bytes:
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-
-    rows = b"".join(b"\x00" + bytes(pixels[y * width * 3 : (y + 1) * width * 3]) for y in range(height))
-    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows, 9)) + chunk(b"IEND", b"")
-
-
-def plot_mu(mu: list[float], band: tuple[int, int], *, width: int = 640, height: int = 320) -> bytes:
-    """A line plot of ``mu`` by layer on a zero-based axis, the band shaded, one tick per layer, as PNG bytes."""
-    pixels = bytearray(b"\xff" * (width * height * 3))
-    left, right, top, bottom = 40, width - 20, 20, height - 30
-    top_value = max(mu) * 1.05 or 1.0
-    n = len(mu)
-
-    def x_of(layer: float) -> int:
-        return round(left + (right - left) * (layer / max(n - 1, 1)))
-
-    def y_of(value: float) -> int:
-        return round(bottom - (bottom - top) * value / top_value)
-
-    def put(x: int, y: int, rgb: tuple[int, int, int]) -> None:
-        if 0 <= x < width and 0 <= y < height:
-            i = (y * width + x) * 3
-            pixels[i : i + 3] = bytes(rgb)
-
-    half = (right - left) / max(n - 1, 1) / 2
-    band_left = max(left, round(x_of(band[0]) - half))
-    band_right = min(right, round(x_of(band[1] - 1) + half))
-    for x in range(band_left, band_right + 1):  # the band
-        for y in range(top, bottom + 1):
-            put(x, y, (255, 228, 196))
-    for x in range(left, right + 1):  # axes
-        put(x, bottom, (0, 0, 0))
-    for y in range(top, bottom + 1):
-        put(left, y, (0, 0, 0))
-    for layer in range(n):  # ticks
-        for dy in range(1, 6):
-            put(x_of(layer), bottom + dy, (0, 0, 0))
-    points = [(x_of(i), y_of(v)) for i, v in enumerate(mu)]
-    for (x0, y0), (x1, y1) in itertools.pairwise(points):  # the line
-        steps = max(abs(x1 - x0), abs(y1 - y0), 1)
-        for s in range(steps + 1):
-            x, y = round(x0 + (x1 - x0) * s / steps), round(y0 + (y1 - y0) * s / steps)
-            for dx in (-1, 0, 1):
-                for dy in (-1, 0, 1):
-                    put(x + dx, y + dy, (31, 119, 180))
-    for x, y in points:  # markers
-        for dx in range(-3, 4):
-            for dy in range(-3, 4):
-                if dx * dx + dy * dy <= 9:
-                    put(x + dx, y + dy, (214, 39, 40))
-    return _png(width, height, pixels)
 
 
 # --------------------------------------------------------------------------- the card
@@ -121,6 +61,10 @@ _STRATEGY_TEXT = {
     "remote_code": "no bias site exists in this architecture, so each block carries a `steering_vector` buffer that "
     "`modeling_steered.py` adds to its output.",
 }
+
+
+def _fmt(value: float | None, spec: str) -> str:
+    return "-" if value is None else spec % value
 
 
 def card_template(name: str = "bakesteer.md.j2") -> str:
@@ -159,6 +103,11 @@ def render_card(metadata: dict[str, Any], *, license_: str | None = None) -> str
         else "Other runtimes are not known to apply the offset: use transformers."
     )
     template = card_template()
+    sweep = metadata.get("sweep")
+    sweep_rows = []
+    if sweep:
+        kept = {d["alpha"]: "yes" if d["kept"] else f"no ({d['why_not']})" for d in sweep["decisions"]}
+        sweep_rows = [(run, kept.get(run["alpha"], "reference")) for run in sweep["runs"]]
     card = ModelCard.from_template(
         data,
         template_str=template,
@@ -188,13 +137,24 @@ def render_card(metadata: dict[str, Any], *, license_: str | None = None) -> str
         command=command_line(metadata),
         fingerprint=metadata["fingerprint"],
         calibration_prompts=positive["calibration"] + negative["calibration"],
+        auto=method.get("k_chosen_by") == "sweep",
+        evaluation=metadata.get("evaluation"),
+        sweep=sweep,
+        sweep_rows=sweep_rows,
+        sweep_plot=SWEEP_PLOT,
+        fmt=_fmt,
+        zip=zip,
     )
     return str(card)
 
 
 def write_card(directory: Path, metadata: dict[str, Any], *, license_: str | None = None) -> None:
-    """Write ``README.md`` and ``mu.png`` into ``directory``."""
+    """Write ``README.md``, ``mu.png`` and, after ``--alpha auto``, ``sweep.png`` into ``directory``."""
+    from bakesteer.plots import plot_mu, plot_sweep
+
     method = metadata["method"]
     band = (method["band"]["start"], method["band"]["end_exclusive"])
     (directory / PLOT_FILENAME).write_bytes(plot_mu(method["mu"], band))
+    if metadata.get("sweep"):
+        (directory / SWEEP_PLOT).write_bytes(plot_sweep(metadata["sweep"]["runs"], chosen=method["k"]))
     (directory / CARD_FILENAME).write_text(render_card(metadata, license_=license_), encoding="utf-8")

@@ -18,9 +18,39 @@ import click
 
 from bakesteer import __version__
 from bakesteer.errors import BakesteerError
-from bakesteer.options import ConvertOptions
+from bakesteer.options import AUTO, ConvertOptions
 
 F = typing.TypeVar("F", bound=Callable[..., Any])
+
+
+class AlphaType(click.ParamType):
+    """A number, or ``auto``."""
+
+    name = "K|auto"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float | str:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if str(value).strip().lower() == AUTO:
+            return AUTO
+        try:
+            return float(value)
+        except ValueError:
+            self.fail(f"{value!r} is neither a number nor 'auto'", param, ctx)
+
+
+class FloatList(click.ParamType):
+    """Comma-separated numbers: ``-1,-0.5,0,0.5,1``."""
+
+    name = "K,K,..."
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> tuple[float, ...]:
+        if isinstance(value, tuple):
+            return value
+        try:
+            return tuple(float(part) for part in str(value).split(",") if part.strip())
+        except ValueError:
+            self.fail(f"{value!r} is not a comma-separated list of numbers", param, ctx)
 
 
 def _click_option(f: dataclasses.Field[Any]) -> Callable[[F], F]:
@@ -28,7 +58,9 @@ def _click_option(f: dataclasses.Field[Any]) -> Callable[[F], F]:
     flag = meta.get("flag") or "--" + f.name.replace("_", "-")
     kind = typing.get_type_hints(ConvertOptions)[f.name]
     kwargs: dict[str, Any] = {"default": f.default, "show_default": True, "help": meta["help"]}
-    if meta.get("choices"):
+    if meta.get("alpha"):
+        kwargs["type"] = AlphaType()
+    elif meta.get("choices"):
         kwargs["type"] = click.Choice(meta["choices"])
     elif meta.get("path"):
         kwargs["type"] = click.Path(path_type=Path, dir_okay=False)
@@ -40,12 +72,14 @@ def _click_option(f: dataclasses.Field[Any]) -> Callable[[F], F]:
     return click.option(flag, f.name, **kwargs)
 
 
-def options_from(*groups: str) -> Callable[[F], F]:
-    """Add one click option per :class:`ConvertOptions` field in ``groups``: the dataclass is the only definition."""
+def options_from(*groups: str, only: tuple[str, ...] = ()) -> Callable[[F], F]:
+    """Add one click option per :class:`ConvertOptions` field in ``groups`` (only the fields named in ``only``, when
+    given): the dataclass is the only definition."""
 
     def decorate(command: F) -> F:
         for f in reversed(ConvertOptions.fields_in(*groups)):
-            command = _click_option(f)(command)
+            if not only or f.name in only:
+                command = _click_option(f)(command)
         return command
 
     return decorate
@@ -109,7 +143,7 @@ def main() -> None:
 @click.option(
     "--output", "-o", type=click.Path(path_type=Path, file_okay=False), required=True, help="Output directory."
 )
-@options_from("bake", "calibration", "validation", "runtime", "publish")
+@options_from("bake", "calibration", "validation", "runtime", "measure", "evaluate", "publish")
 @common_flags
 def convert(model: str, output: Path, quiet: bool, debug: bool, **values: Any) -> None:
     """Bake steering into MODEL (Hub id, local directory or .gguf file) and validate the result."""
@@ -124,6 +158,17 @@ def convert(model: str, output: Path, quiet: bool, debug: bool, **values: Any) -
     result = _run(debug, action)
     if not quiet:
         _summary(result, output)
+        if "sweep" in result.metadata:
+            click.echo(_auto_summary(result.metadata["sweep"]))
+        if "evaluation" in result.metadata:
+            click.echo(
+                _metrics_table(
+                    {
+                        "base": result.metadata["evaluation"]["metrics"]["base"],
+                        f"k={result.alpha:g}": result.metadata["evaluation"]["metrics"]["model"],
+                    }
+                )
+            )
         if result.push is not None:
             _push_summary(result.push)
 
@@ -172,6 +217,125 @@ def vector(model: str, output: Path, quiet: bool, debug: bool, **values: Any) ->
     vec = _run(debug, action)
     if not quiet:
         click.echo(f"saved a {vec.num_layers}-layer vector (d_model {vec.d_model}) to {output}")
+
+
+#: Columns of the metrics tables: (key, header, format).
+_METRIC_COLUMNS = (
+    ("kl", "KL", "{:.3g}"),
+    ("perplexity", "ppl", "{:.4g}"),
+    ("fluency", "fluency", "{:.4g}"),
+    ("repetition", "rep4", "{:.3f}"),
+    ("concept", "concept", "{:.3f}"),
+    ("refusal_rate.positive", "refuse+", "{:.2f}"),
+    ("refusal_rate.negative", "refuse-", "{:.2f}"),
+    ("refusal_score", "refusal lo", "{:.3g}"),
+)
+
+
+def _metrics_table(rows: dict[str, dict[str, Any]]) -> str:
+    """A fixed-width table, one row per labelled metrics dict."""
+    from bakesteer.plots import metric_value
+
+    width = max(len(label) for label in rows) + 2
+    head = "".join(f"{h:>11}" for _, h, _ in _METRIC_COLUMNS)
+    lines = [" " * width + head]
+    for label, metrics in rows.items():
+        cells = []
+        for key, _, fmt in _METRIC_COLUMNS:
+            value = metric_value(metrics, key)
+            cells.append(f"{'-' if value != value else fmt.format(value):>11}")
+        lines.append(f"{label:<{width}}" + "".join(cells))
+    return "\n".join(lines)
+
+
+def _auto_summary(record: dict[str, Any]) -> str:
+    kept = [d for d in record["decisions"] if d["kept"]]
+    refused = next((d for d in record["decisions"] if not d["kept"]), None)
+    why = f"; k={refused['alpha']:g} broke a limit ({refused['why_not']})" if refused else "; every k kept"
+    rows = {f"k={run['alpha']:g}": run["metrics"] for run in record["runs"]}
+    return (
+        f"--alpha auto chose k={record['chosen']:g} ({len(kept)} of {len(record['decisions'])} grid points kept{why})\n"
+        + _metrics_table(rows)
+    )
+
+
+@main.command()
+@click.argument("model")
+@click.option(
+    "--output", "-o", type=click.Path(path_type=Path, file_okay=False), required=True, help="Output directory."
+)
+@click.option(
+    "--alphas",
+    type=FloatList(),
+    default=",".join(f"{a:g}" for a in (-1, -0.5, 0, 0.5, 1)),
+    show_default=True,
+    help="The k values to measure (use --alphas=-1,... so the leading minus is not read as a flag).",
+)
+@click.option(
+    "--modes",
+    default="broadcast,last-token",
+    show_default=True,
+    help="Steering modes: broadcast (every position, what baking does), last-token (the last prompt position and "
+    "each generated token; cannot be baked).",
+)
+@options_from("bake", only=("layers", "vector"))
+@options_from("calibration", "runtime", "measure")
+@common_flags
+def sweep(
+    model: str, output: Path, alphas: tuple[float, ...], modes: str, quiet: bool, debug: bool, **values: Any
+) -> None:
+    """Measure MODEL steered by hooks at several k and modes: KL, perplexity, fluency, repetition, concept score,
+    refusals. One load, one calibration; writes sweep.json, sweep.csv and plots into OUTPUT, no checkpoint."""
+    _setup(quiet, debug)
+    options = _options(values)
+    mode_list = [m.strip() for m in modes.split(",") if m.strip()]
+
+    def action() -> Any:
+        from bakesteer.sweep import sweep as run_sweep
+
+        return run_sweep(model, output, options, alphas=alphas, modes=mode_list)
+
+    result = _run(debug, action)
+    if not quiet:
+        start, end = result.band
+        click.echo(f"swept {model} over layers {start}-{end - 1} in {result.seconds:.1f} s")
+        click.echo(_metrics_table({f"k={r.alpha:g} {r.mode}": r.metrics for r in result.runs}))
+        best = max((a for a in result.auroc if a is not None), default=float("nan"))
+        click.echo(f"direction AUROC (held out) up to {best:.3f}; written to {output}")
+
+
+@main.command(name="eval")
+@click.argument("directory", type=click.Path(path_type=Path, file_okay=False))
+@click.option("--base", help="The base model (default: the Hub id and commit the checkpoint records).")
+@click.option(
+    "--output",
+    "-o",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Write the full report (metrics and every completion) as JSON to this file.",
+)
+@options_from("calibration", only=("positive", "negative"))
+@options_from("runtime", only=("dtype", "device", "batch_size"))
+@options_from("measure")
+@common_flags
+def eval_(directory: Path, base: str | None, output: Path | None, quiet: bool, debug: bool, **values: Any) -> None:
+    """Measure a bakesteer output DIRECTORY, loaded plainly, side by side with its base model."""
+    _setup(quiet, debug)
+    options = _options(values)
+
+    def action() -> Any:
+        from bakesteer.evaluate import evaluate
+
+        report = evaluate(directory, base=base, options=options)
+        if output is not None:
+            from bakesteer.writer import check_output, write_json
+
+            check_output(Path(output).absolute(), overwrite=False)
+            write_json(Path(output), report.to_dict())
+        return report
+
+    report = _run(debug, action)
+    if not quiet:
+        click.echo(_metrics_table({"base": report.metrics["base"], f"k={report.alpha:g}": report.metrics["model"]}))
 
 
 @main.command()
@@ -228,7 +392,7 @@ Variants file (TOML; YAML with the same keys also works):
   name = "refusal"            # positive/negative: files, relative to this file
   [[models]]
   model = "OWNER/NAME"        # or a directory or .gguf file
-  alphas = [-1, 0.5, 1]
+  alphas = [-1, 0.5, 1, "auto"]
   repo = "my-org/{model}-{prompt_set}-k{alpha}"
   branch = "main"             # optional, may use the same placeholders
   # revision, prompt_sets = [...], and per-model convert options
@@ -297,7 +461,8 @@ def publish(
 
 def _outcome_line(outcome: Any) -> str:
     v = outcome.variant
-    head = f"{outcome.status:<13} {v.target}  k={v.alpha:g} {v.prompt_set} ({v.label})"
+    k = v.alpha if isinstance(v.alpha, str) else f"{v.alpha:g}"
+    head = f"{outcome.status:<13} {v.target}  k={k} {v.prompt_set} ({v.label})"
     if outcome.status == "failed":
         return f"{head}: {outcome.error}"
     if outcome.status in ("published", "unchanged"):

@@ -150,3 +150,13 @@ class VariantsFileError(BakesteerError, ValueError):
         self.path = str(path)
         self.reason = reason
         super().__init__(f"variants file {self.path}: {reason}", hint=hint)
+
+
+class EvaluationError(BakesteerError, ValueError):
+    """A model cannot be measured as asked: not a bakesteer output, no base model known, prompt sets that differ
+    from the calibration's, or an ``--alpha auto`` grid in which no k stays within the limits."""
+
+    def __init__(self, subject: str, *, reason: str, hint: str) -> None:
+        self.subject = subject
+        self.reason = reason
+        super().__init__(f"{subject}: {reason}", hint=hint)

@@ -12,8 +12,13 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
+from bakesteer.options import AUTO
+
 #: The options that shape the offsets or the output dtype. Validation, device and batch size do not.
 FINGERPRINT_OPTIONS = ("alpha", "layers", "chat_template", "dtype", "allow_remote_code")
+#: With ``alpha = "auto"``, the options of the sweep that chooses k (recorded only then, so fixed-k fingerprints
+#: keep their format).
+AUTO_OPTIONS = ("direction", "max_new_tokens")
 
 
 def fingerprint_of(
@@ -29,18 +34,22 @@ def fingerprint_of(
             local directory's content digest).
         bakesteer_version: The version that converts.
         options: ``ConvertOptions.to_dict()``; only :data:`FINGERPRINT_OPTIONS` are read.
-        prompt_sha256: ``{"positive": sha256, "negative": sha256}`` of the calibration prompt sets.
+        prompt_sha256: ``{"positive": sha256, "negative": sha256}`` of the calibration prompt sets (and ``eval``, the
+            eval prompts' hash, read only with ``alpha = "auto"``).
     """
     alpha = options.get("alpha")
-    record = {
+    record: dict[str, Any] = {
         "source": {k: source.get(k) for k in ("kind", "model_id", "revision")},
         "bakesteer": bakesteer_version,
         # 1 and 1.0 are the same k: a TOML integer must not change the fingerprint
         "options": {
-            k: float(alpha) if k == "alpha" and alpha is not None else options.get(k) for k in FINGERPRINT_OPTIONS
+            k: float(alpha) if k == "alpha" and alpha not in (None, AUTO) else options.get(k)
+            for k in FINGERPRINT_OPTIONS
         },
         "prompts": {role: prompt_sha256.get(role) for role in ("positive", "negative")},
     }
+    if alpha == AUTO:  # the sweep that chooses k: its options and the eval prompts shape the weights too
+        record["auto"] = {k: options.get(k) for k in AUTO_OPTIONS} | {"eval_prompts": prompt_sha256.get("eval")}
     return hashlib.sha256(json.dumps(record, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
@@ -51,5 +60,6 @@ def metadata_fingerprint(metadata: dict[str, Any]) -> str:
         metadata["base_model"],
         metadata["bakesteer_version"],
         metadata["options"],
-        {role: calibration.get(role, {}).get("sha256") for role in ("positive", "negative")},
+        {role: calibration.get(role, {}).get("sha256") for role in ("positive", "negative")}
+        | {"eval": metadata.get("sweep", {}).get("eval_set", {}).get("sha256")},
     )

@@ -54,25 +54,47 @@ def layer_hooks(model: nn.Module, spec: ArchitectureSpec, fn: LayerFn) -> Iterat
             handle.remove()
 
 
+#: How :func:`steering` applies the offsets. ``broadcast`` adds them at every position (what a baked bias does);
+#: ``last-token`` adds them only at the last position of each forward call: the last prompt token during prefill and
+#: each generated token during cached decoding (the earlier prompt positions stay unsteered, which a bias cannot do).
+STEERING_MODES = ("broadcast", "last-token")
+
+
 @contextmanager
-def steering(model: nn.Module, spec: ArchitectureSpec, offsets: torch.Tensor) -> Iterator[None]:
-    """Add ``offsets[l]`` to the output of block ``l`` for every token, for each layer with a non-zero row.
+def steering(
+    model: nn.Module, spec: ArchitectureSpec, offsets: torch.Tensor, *, mode: str = "broadcast"
+) -> Iterator[None]:
+    """Add ``offsets[l]`` to the output of block ``l``, for each layer with a non-zero row.
 
     Args:
         model: A ``*ForCausalLM`` model.
         spec: Its registry entry.
         offsets: ``[num_layers, d_model]`` float tensor (zero rows outside the band).
+        mode: ``broadcast`` (every token) or ``last-token`` (the last position of every forward call; with left
+            padding and a KV cache that is the last prompt token, then each generated token).
     """
+    if mode not in STEERING_MODES:
+        raise ValueError(f"unknown steering mode {mode!r} (one of {', '.join(STEERING_MODES)})")
     active = {int(i) for i in torch.nonzero(offsets.abs().sum(dim=1)).flatten()}
     cache: dict[tuple[int, torch.dtype, torch.device], torch.Tensor] = {}
+
+    def offset(index: int, hidden: torch.Tensor) -> torch.Tensor:
+        key = (index, hidden.dtype, hidden.device)
+        if key not in cache:
+            cache[key] = offsets[index].to(device=hidden.device, dtype=hidden.dtype)
+        return cache[key]
 
     def add(index: int, hidden: torch.Tensor) -> torch.Tensor | None:
         if index not in active:
             return None
-        key = (index, hidden.dtype, hidden.device)
-        if key not in cache:
-            cache[key] = offsets[index].to(device=hidden.device, dtype=hidden.dtype)
-        return hidden + cache[key]
+        return hidden + offset(index, hidden)
 
-    with layer_hooks(model, spec, add):
+    def add_last(index: int, hidden: torch.Tensor) -> torch.Tensor | None:
+        if index not in active:
+            return None
+        out = hidden.clone()
+        out[:, -1, :] += offset(index, hidden)
+        return out
+
+    with layer_hooks(model, spec, add if mode == "broadcast" else add_last):
         yield

@@ -18,6 +18,10 @@ from bakesteer.errors import OptionError
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 DEFAULT_LAYERS = "0.4:0.9"
+#: ``--alpha auto``: sweep a grid on the side given by ``--direction`` and keep the strongest k within the limits
+#: of :mod:`bakesteer.sweep`.
+AUTO = "auto"
+DIRECTIONS = ("positive", "negative")
 
 
 def _opt(default: Any, help: str, *, group: str, flag: str | None = None, **extra: Any) -> Any:
@@ -33,11 +37,19 @@ class ConvertOptions:
     Construct it with keywords; :meth:`check` validates what can be validated without the model.
     """
 
-    alpha: float = _opt(
+    alpha: float | str = _opt(
         1.0,
         "Steering strength k: the offset at layer l is k * mu_l / sqrt(d_model) * c_l. k > 0 pushes towards the "
-        "positive set (default: refusal), k < 0 away; around |k| = 3 models collapse.",
+        "positive set (default: refusal), k < 0 away; around |k| = 3 models collapse. 'auto' sweeps a grid on the "
+        "side of --direction and keeps the strongest k whose fluency and repetition stay within limits.",
         group="bake",
+        alpha=True,
+    )
+    direction: str = _opt(
+        "positive",
+        "With --alpha auto: the side of the grid, towards the positive set (k > 0) or away from it (k < 0).",
+        group="bake",
+        choices=DIRECTIONS,
     )
     layers: str = _opt(
         DEFAULT_LAYERS,
@@ -93,6 +105,23 @@ class ConvertOptions:
     )
     greedy_tokens: int = _opt(32, "Tokens of greedy continuation compared during validation.", group="validation")
     overwrite: bool = _opt(False, "Replace an existing, non-empty output directory.", group="runtime")
+    eval_prompts: Path | None = _opt(
+        None,
+        "Neutral prompts answered when measuring a model (same formats as --positive). Default: the 64 shipped "
+        "neutral instructions.",
+        group="measure",
+        path=True,
+    )
+    max_new_tokens: int = _opt(64, "Greedy tokens generated per prompt when measuring a model.", group="measure")
+    generation_batch_size: int = _opt(
+        64, "Prompts per batch when generating completions to measure a model.", group="measure"
+    )
+    eval: bool = _opt(
+        False,
+        "After validation, measure the written checkpoint against its base (KL, perplexity, fluency, repetition, "
+        "concept, refusals) and put a 'Measured effect' section into the card.",
+        group="evaluate",
+    )
     push_to_hub: str | None = _opt(
         None, "After a validated conversion, push the output to this OWNER/NAME (one commit).", group="publish"
     )
@@ -103,6 +132,11 @@ class ConvertOptions:
     # ------------------------------------------------------------------ helpers
 
     @classmethod
+    def field(cls, name: str) -> dataclasses.Field[Any]:
+        """The dataclass field called ``name``."""
+        return next(f for f in dataclasses.fields(cls) if f.name == name)
+
+    @classmethod
     def fields_in(cls, *groups: str) -> list[dataclasses.Field[Any]]:
         """The dataclass fields that belong to any of ``groups`` (all fields when none are given)."""
         return [f for f in dataclasses.fields(cls) if not groups or f.metadata["group"] in groups]
@@ -110,6 +144,11 @@ class ConvertOptions:
     def replace(self, **changes: Any) -> ConvertOptions:
         """A copy with ``changes`` applied."""
         return dataclasses.replace(self, **changes)
+
+    @property
+    def auto(self) -> bool:
+        """Whether ``alpha`` is ``auto`` (chosen by a sweep)."""
+        return self.alpha == AUTO
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict of every option; paths are reduced to their file names (no local paths leak)."""
@@ -125,12 +164,20 @@ class ConvertOptions:
         Raises:
             OptionError: for a non-finite alpha, a malformed band, an unknown dtype or a non-positive count.
         """
-        if not isinstance(self.alpha, (int, float)) or not math.isfinite(self.alpha):
-            raise OptionError("--alpha", self.alpha, reason="must be a finite number", hint="pass e.g. --alpha 1")
+        if self.alpha != AUTO and (
+            isinstance(self.alpha, bool) or not isinstance(self.alpha, (int, float)) or not math.isfinite(self.alpha)
+        ):
+            raise OptionError(
+                "--alpha", self.alpha, reason="must be a finite number or 'auto'", hint="pass e.g. --alpha 1"
+            )
         parse_layers(self.layers, None)
         if self.dtype not in DTYPES:
             raise OptionError("--dtype", self.dtype, reason="unknown dtype", hint=f"use one of {', '.join(DTYPES)}")
-        for name in ("batch_size", "probes", "greedy_tokens"):
+        if self.direction not in DIRECTIONS:
+            raise OptionError(
+                "--direction", self.direction, reason="unknown side", hint=f"use one of {', '.join(DIRECTIONS)}"
+            )
+        for name in ("batch_size", "probes", "greedy_tokens", "max_new_tokens", "generation_batch_size"):
             if int(getattr(self, name)) < 1:
                 flag = "--" + name.replace("_", "-")
                 raise OptionError(flag, getattr(self, name), reason="must be at least 1", hint=f"pass {flag} 1 or more")

@@ -141,8 +141,21 @@ def _prepare(model: str, options: ConvertOptions) -> tuple[ModelSource, Any, Arc
     spec = spec_for(config, allow_remote_code=options.allow_remote_code)
     text = config.get_text_config()  # the config itself, or a multimodal model's language part
     band = parse_layers(options.layers, int(text.num_hidden_layers))
-    check_alpha_for_model(options.alpha, int(text.hidden_size))
+    if not options.auto:
+        check_alpha_for_model(float(options.alpha), int(text.hidden_size))
     return source, config, spec, band
+
+
+def _vector_file(options: ConvertOptions, config: Any) -> SteeringVector | None:
+    """The ``--vector`` file, checked against the model's family and shape (``None`` without ``--vector``)."""
+    if options.vector is None:
+        return None
+    vector = SteeringVector.load(options.vector)
+    text = config.get_text_config()
+    vector.check_fits(
+        str(config.model_type), int(text.num_hidden_layers), int(text.hidden_size), Path(options.vector).name
+    )
+    return vector
 
 
 def _load(source: ModelSource, options: ConvertOptions) -> tuple[Any, Any, torch.dtype, torch.device]:
@@ -187,6 +200,93 @@ def compute_vector(model: str, output: Path, options: ConvertOptions | None = No
     return vector
 
 
+def _choose_alpha(
+    model: Any,
+    tokenizer: Any,
+    spec: ArchitectureSpec,
+    vector: SteeringVector,
+    band: tuple[int, int],
+    positive: PromptSet,
+    negative: PromptSet,
+    options: ConvertOptions,
+) -> tuple[float, dict[str, Any]]:
+    """``--alpha auto``: a broadcast sweep over the grid on ``options.direction``'s side, then the rule.
+
+    Returns:
+        The chosen k and the ``sweep`` record for ``bakesteer.json`` (grid, rule, decisions, every run's metrics).
+    """
+    from bakesteer.sweep import auto_alphas, auto_rule, choose_alpha, measurement_inputs, sweep_loaded
+
+    inputs = measurement_inputs(tokenizer, model, options, positive, negative)
+    grid = auto_alphas(options.direction)
+    result = sweep_loaded(
+        model, tokenizer, spec, vector, band, inputs, options, alphas=grid, modes=["broadcast"], name=""
+    )
+    k, decisions = choose_alpha(result, options.direction)
+    record = {
+        "direction": options.direction,
+        "grid": grid,
+        "rule": auto_rule(),
+        "chosen": k,
+        "decisions": decisions,
+        "eval_set": result.eval_set,
+        "concept": result.concept,
+        "max_new_tokens": options.max_new_tokens,
+        "runs": [run.to_dict(samples=False) for run in result.runs],
+    }
+    return k, record
+
+
+@dataclass
+class Loaded:
+    """A model loaded for measuring, with its calibration (see :func:`load_for_measurement`)."""
+
+    model: Any
+    tokenizer: Any
+    spec: ArchitectureSpec
+    vector: SteeringVector
+    band: tuple[int, int]
+    positive: PromptSet
+    negative: PromptSet
+    source: ModelSource
+    dtype: torch.dtype
+    device: torch.device
+
+    @property
+    def name(self) -> str:
+        """The model as recorded: a Hub id, or a directory's or file's base name."""
+        return self.source.model_id
+
+
+@contextmanager
+def load_for_measurement(
+    model: str, options: ConvertOptions, scratch: Path, *, alphas: tuple[float, ...] = ()
+) -> Iterator[Loaded]:
+    """Resolve, load and calibrate (or read ``--vector``) ``model`` for hooks; the model is freed on exit.
+
+    Steering by hooks needs no bias site, so every registered family can be measured.
+
+    Raises:
+        BakesteerError: any bad input, including an alpha too large for the model.
+    """
+    source, config, spec, band = _prepare(model, options.replace(allow_remote_code=True, alpha=0.0))
+    for alpha in alphas:
+        check_alpha_for_model(alpha, int(config.get_text_config().hidden_size))
+    vector_file = _vector_file(options, config)
+    positive = load_prompt_set(options.positive, "positive")
+    negative = load_prompt_set(options.negative, "negative")
+    if source.gguf_file:
+        source = materialize_gguf(source, resolve_dtype(options.dtype, source), scratch)
+        _collect()
+    loaded, tokenizer, dtype, device = _load(source, options)
+    try:
+        vector = vector_file or calibrate(loaded, tokenizer, spec, positive, negative, options)
+        yield Loaded(loaded, tokenizer, spec, vector, band, positive, negative, source, dtype, device)
+    finally:
+        del loaded
+        _collect()
+
+
 def convert(model: str, output: Path, options: ConvertOptions | None = None) -> ConvertResult:
     """Bake norm-calibrated steering into a copy of ``model`` and validate it.
 
@@ -209,15 +309,7 @@ def convert(model: str, output: Path, options: ConvertOptions | None = None) -> 
     check_output(output.absolute(), overwrite=options.overwrite)
     with timer.stage("resolve"):
         source, config, spec, band = _prepare(model, options)
-    vector_file: SteeringVector | None = None
-    if options.vector is not None:
-        vector_file = SteeringVector.load(options.vector)
-        vector_file.check_fits(
-            str(config.model_type),
-            int(config.get_text_config().num_hidden_layers),
-            int(config.get_text_config().hidden_size),
-            Path(options.vector).name,
-        )
+    vector_file = _vector_file(options, config)
     positive = load_prompt_set(options.positive, "positive")
     negative = load_prompt_set(options.negative, "negative")
 
@@ -233,7 +325,14 @@ def convert(model: str, output: Path, options: ConvertOptions | None = None) -> 
                 vector = calibrate(loaded, tokenizer, spec, positive, negative, options)
         else:
             vector = vector_file
-        offsets = vector.offsets(band, options.alpha)
+        auto: dict[str, Any] | None = None
+        if options.auto:
+            with timer.stage("sweep"):
+                k, auto = _choose_alpha(loaded, tokenizer, spec, vector, band, positive, negative, options)
+                check_alpha_for_model(k, vector.d_model)
+        else:
+            k = float(options.alpha)
+        offsets = vector.offsets(band, k)
         plan = bias_plan(loaded, spec, offsets, dtype)
         out_config = output_config(loaded.config, spec, plan, dtype)
 
@@ -262,14 +361,36 @@ def convert(model: str, output: Path, options: ConvertOptions | None = None) -> 
                 expected_keys=plan.keys(),
                 config_updates=plan.config_updates,
                 trust_remote_code=spec.remote is not None,
-                alpha=options.alpha,
+                alpha=k,
                 device=device,
                 **io,
             )
         gc.collect()
-        vector.save(staging.path / VECTOR_FILENAME, band=band, alpha=options.alpha)
+        vector.save(staging.path / VECTOR_FILENAME, band=band, alpha=k)
         offset_norms = {layer: float(offsets[layer].norm()) for layer in range(*band)}
-        metadata = _metadata(source, spec, vector, options, band, plan, offsets, written, dtype, report, timer)
+        metadata = _metadata(source, spec, vector, options, k, band, plan, offsets, written, dtype, report, timer)
+        if auto is not None:
+            metadata["sweep"] = auto  # write_card draws its plot
+        if options.eval:
+            from bakesteer.evaluate import EVAL_FILE, evaluate_pair
+
+            with timer.stage("evaluate"):
+                evaluation = evaluate_pair(
+                    staging.path,
+                    source,
+                    vector=vector,
+                    band=band,
+                    positive=positive,
+                    negative=negative,
+                    dtype=dtype,
+                    device=device,
+                    trust_remote_code=spec.remote is not None,
+                    options=options,
+                    alpha=k,
+                )
+            metadata["evaluation"] = evaluation.summary()
+            write_json(staging.path / EVAL_FILE, evaluation.to_dict())
+            metadata["timings_s"] = dict(timer.stages)
         metadata["fingerprint"] = metadata_fingerprint(metadata)
         write_card(staging.path, metadata, license_=source_license(source.directory))
         metadata["timings_s"]["total"] = round(time.perf_counter() - started, 3)
@@ -279,7 +400,7 @@ def convert(model: str, output: Path, options: ConvertOptions | None = None) -> 
     result = ConvertResult(
         output=final,
         band=band,
-        alpha=options.alpha,
+        alpha=k,
         offset_norms=offset_norms,
         validation=report,
         metadata=metadata,
@@ -304,6 +425,7 @@ def _metadata(
     spec: ArchitectureSpec,
     vector: SteeringVector,
     options: ConvertOptions,
+    k: float,
     band: tuple[int, int],
     plan: BiasPlan,
     offsets: torch.Tensor,
@@ -326,11 +448,12 @@ def _metadata(
         },
         "method": {
             "formula": "v_l = k * mu_l / sqrt(d_model) * c_l",
-            "k": options.alpha,
+            "k": k,
+            "k_chosen_by": "sweep" if options.auto else "user",
             "d_model": vector.d_model,
             "num_layers": vector.num_layers,
             "band": {"start": band[0], "end_exclusive": band[1], "spec": options.layers},
-            "relative_strength": options.alpha / math.sqrt(vector.d_model),
+            "relative_strength": k / math.sqrt(vector.d_model),
             "offset_norm_min": min(norms),
             "offset_norm_max": max(norms),
             "mu": [round(float(m), 6) for m in vector.mu],

@@ -20,7 +20,11 @@ MIN_PROMPTS = 8
 HELDOUT_FRACTION = 0.2
 #: Field names tried, in order, in .jsonl records and .csv headers.
 TEXT_FIELDS = ("prompt", "text", "instruction")
-DEFAULT_SETS = {"positive": "harmful.txt", "negative": "harmless.txt"}
+DEFAULT_SETS = {"positive": "harmful.txt", "negative": "harmless.txt", "eval": "eval_prompts.txt"}
+#: The CLI flag that names each role's file.
+ROLE_FLAGS = {"positive": "--positive", "negative": "--negative", "eval": "--eval-prompts"}
+#: The neutral text whose perplexity a measurement reports (written for bakesteer, about 1,100 tokens).
+REFERENCE_TEXT = "reference_text.txt"
 
 _FORMAT_HINT = ".txt (one prompt a line), .jsonl (a prompt, text or instruction field) or .csv (a header row)"
 
@@ -133,7 +137,7 @@ def parse_prompts(text: str, path: Path) -> list[str]:
 
 
 def load_prompt_set(path: Path | None, role: str) -> PromptSet:
-    """Load a user's prompt file, or the shipped default for ``role`` (``positive`` or ``negative``).
+    """Load a user's prompt file, or the shipped default for ``role`` (``positive``, ``negative`` or ``eval``).
 
     Raises:
         PromptSetError: missing, unreadable, unknown format, or too small.
@@ -144,7 +148,7 @@ def load_prompt_set(path: Path | None, role: str) -> PromptSet:
         return make_prompt_set(f"default:{filename}", text.splitlines())
     path = Path(path)
     if not path.is_file():
-        raise PromptSetError(path.name, reason="file not found", hint=f"check the --{role} path")
+        raise PromptSetError(path.name, reason="file not found", hint=f"check the {ROLE_FLAGS[role]} path")
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as err:
@@ -170,3 +174,8 @@ def render_prompts(tokenizer: Any, prompts: tuple[str, ...] | list[str], *, chat
         else:
             ids.append(list(tokenizer(prompt, add_special_tokens=True)["input_ids"]))
     return ids
+
+
+def reference_text() -> str:
+    """The shipped neutral reference text (:data:`REFERENCE_TEXT`)."""
+    return resources.files("bakesteer.data").joinpath(REFERENCE_TEXT).read_text(encoding="utf-8")

@@ -19,7 +19,7 @@ The variants file (TOML or YAML)::
     [[models]]
     model = "HuggingFaceTB/SmolLM2-135M-Instruct"   # Hub id, local directory or .gguf file
     # revision = "main"
-    alphas = [-1, 0.5, 1]
+    alphas = [-1, 0.5, 1, "auto"]
     repo = "my-org/{model}-{prompt_set}-k{alpha}"   # placeholders: {model} {alpha} {prompt_set}
     # branch = "k{alpha}"                          # default main
     # prompt_sets = ["refusal"]                    # default: every declared set
@@ -43,7 +43,7 @@ from typing import Any
 from bakesteer import __version__
 from bakesteer.errors import BakesteerError, VariantsFileError
 from bakesteer.fingerprint import fingerprint_of
-from bakesteer.options import ConvertOptions
+from bakesteer.options import AUTO, ConvertOptions
 
 logger = logging.getLogger(__name__)
 
@@ -73,7 +73,7 @@ class Variant:
             against the file's directory).
         label: MODEL as written in the file (used in reports: no local paths).
         prompt_set: The prompt set's name.
-        alpha: ``k``.
+        alpha: ``k``, or ``"auto"`` (chosen by a sweep at conversion).
         repo_id: Target ``OWNER/NAME``.
         branch: Target branch.
         options: Every convert option of this variant (``alpha``, ``positive``/``negative`` included).
@@ -84,7 +84,7 @@ class Variant:
     model: str
     label: str
     prompt_set: str
-    alpha: float
+    alpha: float | str
     repo_id: str
     branch: str
     options: ConvertOptions
@@ -199,9 +199,22 @@ def _read(path: Path) -> dict[str, Any]:
     return data
 
 
-def _option_value(name: str, value: Any, where: str, file: str) -> Any:
-    """Type-check one convert option from the file against the dataclass annotation."""
+def _option_value(name: str, value: Any, where: str, file: str, base_dir: Path) -> Any:
+    """Type-check one convert option from the file against the dataclass annotation; a path option is a string
+    relative to the file's directory."""
     kind = typing.get_type_hints(ConvertOptions)[name]
+    if ConvertOptions.field(name).metadata.get("path"):
+        if value is None:
+            return None
+        if not isinstance(value, str) or not value:
+            raise VariantsFileError(file, reason=f"{where}: {name} must be a path string, not {value!r}", hint=_HINT)
+        path = Path(value).expanduser()
+        path = path if path.is_absolute() else base_dir / path
+        if not path.is_file():
+            raise VariantsFileError(
+                file, reason=f"{where}: {name} file {value!r} not found", hint="paths are relative to the file"
+            )
+        return path
     base = {int: int, float: float, bool: bool, str: str}.get(kind)
     if base is None:  # Optional[str] and the like
         args = [a for a in typing.get_args(kind) if a is not type(None)]
@@ -216,7 +229,7 @@ def _option_value(name: str, value: Any, where: str, file: str) -> Any:
     return value
 
 
-def _options_table(table: Any, where: str, file: str, allowed: set[str]) -> dict[str, Any]:
+def _options_table(table: Any, where: str, file: str, allowed: set[str], base_dir: Path) -> dict[str, Any]:
     if not isinstance(table, dict):
         raise VariantsFileError(file, reason=f"{where} must be a table/mapping", hint=_HINT)
     out: dict[str, Any] = {}
@@ -233,7 +246,7 @@ def _options_table(table: Any, where: str, file: str, allowed: set[str]) -> dict
                 reason=f"{where}: unknown key {key!r}",
                 hint=f"allowed: {', '.join(sorted(allowed | _OPTION_NAMES))}",
             )
-        out[key] = _option_value(key, value, where, file)
+        out[key] = _option_value(key, value, where, file, base_dir)
     return out
 
 
@@ -269,8 +282,28 @@ def _prompt_sets(data: dict[str, Any], base: Path, file: str) -> dict[str, tuple
     return sets
 
 
-def _label(alpha: float) -> str:
-    return format(alpha, "g")
+def _label(alpha: float | str) -> str:
+    return alpha if isinstance(alpha, str) else format(alpha, "g")
+
+
+def _alphas(value: Any, where: str, file: str) -> list[float | str]:
+    """The ``alphas`` list: numbers, and at most one ``"auto"``."""
+    ok = isinstance(value, list) and value
+    items: list[float | str] = []
+    for a in value if ok else []:
+        if isinstance(a, str) and a.strip().lower() == AUTO:
+            items.append(AUTO)
+        elif isinstance(a, (int, float)) and not isinstance(a, bool):
+            items.append(float(a))
+        else:
+            ok = False
+    if not ok:
+        raise VariantsFileError(
+            file, reason=f'{where}: alphas must be a non-empty list of numbers or "auto"', hint=_HINT
+        )
+    if len(set(items)) != len(items):
+        raise VariantsFileError(file, reason=f"{where}: alphas has a repeated value", hint="list each k once")
+    return items
 
 
 def _fill(template: Any, where: str, key: str, file: str, **values: str) -> str:
@@ -330,7 +363,7 @@ def load_variants(path: Path) -> list[Variant]:
         raise VariantsFileError(
             file, reason=f"unknown top-level key {sorted(unknown)[0]!r}", hint="allowed: defaults, prompt_sets, models"
         )
-    defaults = _options_table(data.get("defaults", {}), "defaults", file, set())
+    defaults = _options_table(data.get("defaults", {}), "defaults", file, set(), path.parent)
     _check_options(ConvertOptions(**defaults), "defaults", file)
     sets = _prompt_sets(data, path.parent, file)
     models = data.get("models")
@@ -342,7 +375,7 @@ def load_variants(path: Path) -> list[Variant]:
     groups: dict[tuple[Any, ...], int] = {}
     for i, entry in enumerate(models):
         where = f"models[{i}]"
-        overrides = _options_table(entry, where, file, _MODEL_KEYS)
+        overrides = _options_table(entry, where, file, _MODEL_KEYS, path.parent)
         model = entry.get("model")
         if not isinstance(model, str) or not model:
             raise VariantsFileError(file, reason=f'{where} needs model = "OWNER/NAME" or a path', hint=_HINT)
@@ -351,15 +384,7 @@ def load_variants(path: Path) -> list[Variant]:
             model = str(path.parent / Path(model).expanduser())  # relative to the variants file
             label = Path(label).name
         where = f"models[{i}] ({label})"
-        alphas = entry.get("alphas")
-        if (
-            not isinstance(alphas, list)
-            or not alphas
-            or not all(isinstance(a, (int, float)) and not isinstance(a, bool) for a in alphas)
-        ):
-            raise VariantsFileError(file, reason=f"{where}: alphas must be a non-empty list of numbers", hint=_HINT)
-        if len({float(a) for a in alphas}) != len(alphas):
-            raise VariantsFileError(file, reason=f"{where}: alphas has a repeated value", hint="list each k once")
+        alphas = _alphas(entry.get("alphas"), where, file)
         names = entry.get("prompt_sets", list(sets))
         if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
             raise VariantsFileError(file, reason=f"{where}: prompt_sets must be a list of names", hint=_HINT)
@@ -377,11 +402,11 @@ def load_variants(path: Path) -> list[Variant]:
                 _check_repo_id(repo_id, where, file)
                 branch = _fill(entry.get("branch", "main"), where, "branch", file, **values)
                 options = ConvertOptions(
-                    **{**defaults, **overrides, "alpha": float(alpha), "positive": positive, "negative": negative}
+                    **{**defaults, **overrides, "alpha": alpha, "positive": positive, "negative": negative}
                 )
                 _check_options(options, where, file)
                 group = groups.setdefault(_calibration_key(model, options), len(groups))
-                variant = Variant(model, label, name, float(alpha), repo_id, branch, options, group)
+                variant = Variant(model, label, name, alpha, repo_id, branch, options, group)
                 if variant.target in targets:
                     raise VariantsFileError(
                         file,
@@ -458,7 +483,7 @@ def publish(
 
     # 1. identities and fingerprints: one metadata call or hash per source, one read of each target
     sources: dict[tuple[str, str | None], dict[str, Any] | BaseException] = {}
-    prompt_sha: dict[tuple[Path | None, Path | None], dict[str, str] | BaseException] = {}
+    prompt_sha: dict[tuple[Path | None, ...], dict[str, str] | BaseException] = {}
     pending: list[tuple[Variant, str, dict[str, Any], str]] = []
     for variant in variants:
         started = time.perf_counter()
@@ -468,12 +493,12 @@ def publish(
                 sources[key] = source_identity(variant.model, revision=variant.options.revision)
             except Exception as err:  # recorded for each of its variants; the other models still publish
                 sources[key] = err
-        pkey = (variant.options.positive, variant.options.negative)
+        pkey = (variant.options.positive, variant.options.negative, variant.options.eval_prompts)
         if pkey not in prompt_sha:
             try:
                 prompt_sha[pkey] = {
                     role: load_prompt_set(p, role).sha256
-                    for role, p in zip(("positive", "negative"), pkey, strict=True)
+                    for role, p in zip(("positive", "negative", "eval"), pkey, strict=True)
                 }
             except Exception as err:
                 prompt_sha[pkey] = err

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import hashlib
-import struct
-import zlib
 from pathlib import Path
 
 import pytest
 
 from bakesteer import ConvertOptions, convert
-from bakesteer.card import command_line, plot_mu
+from bakesteer.card import command_line
 from bakesteer.fingerprint import metadata_fingerprint as fingerprint
+from bakesteer.plots import plot_mu
 
 
 @pytest.fixture(scope="module")
@@ -42,13 +41,15 @@ def test_card_parses_and_carries_every_field(converted) -> None:
         "| greedy continuation (32 tokens) | identical |",
         'AutoModelForCausalLM.from_pretrained("REPO_ID")',
         "- vllm",
-        "pip install bakesteer==0.1.0",
+        "What that does to the model's answers was not measured for this card; `bakesteer eval` measures it.",
         "bakesteer convert llama --alpha -1.5 --layers 1-3 --output OUTPUT",
         converted.metadata["fingerprint"],
         "the prompt included",
     ):
         assert needle in text, needle
     assert text.count("\n| ") >= 6  # the validation table rows survive (no stray pipes)
+    # nothing is claimed that was not measured: no effect section, no install line for a package not on PyPI
+    assert "## Measured effect" not in text and "refuse more" not in text and "pip install" not in text
 
 
 def test_nothing_local_in_card_or_metadata(converted, llama_dir: Path) -> None:
@@ -68,16 +69,14 @@ def test_fingerprint_tracks_what_changes_the_weights(converted) -> None:
 
 
 def test_plot_is_a_valid_png(converted) -> None:
-    data = (converted.output / "mu.png").read_bytes()
-    assert data[:8] == b"\x89PNG\r\n\x1a\n"
-    width, height = struct.unpack(">II", data[16:24])
-    assert (width, height) == (640, 320)
-    # decode the single IDAT chunk and check the band colour is present
-    length = struct.unpack(">I", data[33:37])[0]
-    raw = zlib.decompress(data[41 : 41 + length])
-    assert len(raw) == height * (1 + width * 3)
-    assert bytes((255, 228, 196)) in raw
-    assert plot_mu([1.0, 2.0], (0, 1))[:8] == b"\x89PNG\r\n\x1a\n"
+    from PIL import Image
+
+    image = Image.open(converted.output / "mu.png").convert("RGB")
+    assert image.size == (640, 320)
+    colours = {colour for _, colour in image.getcolors(maxcolors=1 << 20)}
+    assert (255, 228, 196) in colours  # the band
+    mu = converted.metadata["method"]["mu"]
+    assert plot_mu(mu, converted.band) == (converted.output / "mu.png").read_bytes()  # same numbers, same bytes
 
 
 def test_fingerprint_format_is_stable() -> None:

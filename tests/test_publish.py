@@ -240,6 +240,11 @@ def test_hub_source_is_pinned_and_a_new_source_commit_republishes(
         ('[[models]]\nmodel = "a/b"\nalphas = [1]\nrepo = "me/x"\nprompt_sets = ["hon"]\n', "unknown prompt set"),
         ('[[models]]\nmodel = "a/b"\nalphas = [1]\nrepo = "me/x"\nlayers = "0.9:0.4"\n', "invalid --layers"),
         ('[[prompt_sets]]\nname = "x"\npositive = "nope.txt"\n', "positive file 'nope.txt' not found"),
+        ('[[models]]\nmodel = "a/b"\nalphas = ["often"]\nrepo = "me/x"\n', 'list of numbers or "auto"'),
+        ('[[models]]\nmodel = "a/b"\nalphas = ["auto", "AUTO"]\nrepo = "me/x{alpha}"\n', "repeated value"),
+        ('[defaults]\neval_prompts = "nope.txt"\n', "defaults: eval_prompts file 'nope.txt' not found"),
+        ("[defaults]\neval_prompts = 3\n", "defaults: eval_prompts must be a path string, not 3"),
+        ('[defaults]\ndirection = "up"\n', "invalid --direction 'up': unknown side"),
     ],
 )
 def test_variants_file_errors_name_the_entry(tmp_path: Path, text: str, message: str) -> None:
@@ -297,3 +302,43 @@ def test_offline_publish_is_one_line(llama_dir: Path, prompt_files, tmp_path: Pa
         code, out, err = _cli("publish", str(variants), *extra)
         assert code == 2 and not out and err == f"bakesteer: error: {expected}\n"
     assert spies["calibrate"].calls == 0
+
+
+def test_publish_alpha_auto_plans_its_fingerprint_and_measures_the_card(
+    hub: HubServer, llama_dir: Path, prompt_files, tmp_path: Path, spies: dict[str, Spy]
+) -> None:
+    from importlib import resources
+
+    eval_lines = resources.files("bakesteer.data").joinpath("eval_prompts.txt").read_text().splitlines()[:9]
+    (tmp_path / "prompts").mkdir()
+    eval_file = tmp_path / "prompts" / "eval.txt"
+    eval_file.write_text("\n".join(eval_lines[:8]) + "\n")
+    extra = 'max_new_tokens = 4\neval_prompts = "prompts/eval.txt"\neval = true\n'
+    variants = _variants(tmp_path, [(llama_dir, "me/{model}-k{alpha}")], '["auto", 1]', prompt_files, extra)
+    assert [v.alpha for v in load_variants(variants)] == ["auto", 1.0]
+    report = tmp_path / "report.json"
+    code, out, err = _cli("publish", str(variants), "--report", str(report))
+    assert code == 0, err
+    data = json.loads(report.read_text())
+    assert data["counts"] == {"published": 2} and data["calibrations"] == 1 and spies["calibrate"].calls == 1
+    assert [v["repo"] for v in data["variants"]] == ["me/llama-kauto", "me/llama-k1"]
+    assert "k=auto refusal" in out
+    for v in data["variants"]:
+        _, files = hub.state.files(v["repo"], "main")
+        meta = json.loads(files["bakesteer.json"][1])
+        assert meta["fingerprint"] == v["fingerprint"]  # planned before converting, equal after
+        assert "## Measured effect" in files["README.md"][1].decode()
+    auto_meta = json.loads(hub.state.files("me/llama-kauto", "main")[1]["bakesteer.json"][1])
+    assert auto_meta["options"]["alpha"] == "auto" and auto_meta["method"]["k"] == auto_meta["sweep"]["chosen"]
+    assert auto_meta["evaluation"]["eval_set"]["prompts"] == 8
+
+    code, out, err = _cli("publish", str(variants), "--report", str(report))
+    assert code == 0 and json.loads(report.read_text())["counts"] == {"up-to-date": 2}
+
+    # other eval prompts change what --alpha auto may choose: that variant is republished, the fixed k is not
+    eval_file.write_text("\n".join(eval_lines[1:]) + "\n")
+    code, out, err = _cli("publish", str(variants), "--report", str(report))
+    assert code == 0, err
+    statuses = [(v["repo"], v["status"], v["reason"]) for v in json.loads(report.read_text())["variants"]]
+    assert statuses[0][0] == "me/llama-kauto" and statuses[0][2] == "fingerprint changed"
+    assert statuses[0][1] in ("published", "unchanged") and statuses[1][1] == "up-to-date"

@@ -100,3 +100,35 @@ def test_smollm2_gguf_publish_and_download(gguf: Path, hub, tmp_path: Path) -> N
             outputs.append(model.generate(ids, max_new_tokens=16, do_sample=False))
     assert torch.equal(outputs[0], outputs[1])
     assert publish(variants).counts() == {"up-to-date": 2}
+
+
+def test_sentiment_sweep_tracks_k_and_agrees_with_a_lexicon_judge(gguf: Path, tmp_path: Path) -> None:
+    """A joyful-vs-gloomy pair written for the tests: the concept score rises with k over -1..1 and moves the same
+    way as VADER (an external lexicon judge) on the same completions; |k| = 3 wrecks perplexity."""
+    from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
+
+    from bakesteer.prompts import load_prompt_set
+    from bakesteer.sweep import sweep
+
+    data = Path(__file__).parent / "data"
+    eval_file = tmp_path / "eval.txt"
+    eval_file.write_text("\n".join(load_prompt_set(None, "eval").prompts[:32]) + "\n")
+    options = ConvertOptions(
+        positive=data / "joyful.txt", negative=data / "gloomy.txt", eval_prompts=eval_file, max_new_tokens=40
+    )
+    alphas = (-3.0, -1.0, -0.5, 0.0, 0.5, 1.0, 3.0)
+    result = sweep(str(gguf), tmp_path / "sweep", options, alphas=alphas, modes=("broadcast",))
+    judge = SentimentIntensityAnalyzer()
+    concept = {a: result.run(a).metrics["concept"] for a in alphas}
+    vader = {
+        a: sum(judge.polarity_scores(s["completion"])["compound"] for s in result.run(a).samples if s["set"] == "eval")
+        / 32
+        for a in alphas
+    }
+    core = [concept[a] for a in (-1.0, -0.5, 0.0, 0.5, 1.0)]
+    assert all(x < y for x, y in itertools.pairwise(core)), core
+    for a in (-1.0, -0.5, 0.5, 1.0):
+        assert (concept[a] > concept[0.0]) == (vader[a] > vader[0.0]), (a, concept, vader)
+    base_ppl = result.run(0.0).metrics["perplexity"]
+    for a in (-3.0, 3.0):
+        assert result.run(a).metrics["perplexity"] >= 5 * base_ppl, (a, base_ppl)

@@ -1,0 +1,269 @@
+"""``bakesteer eval``: the metrics of a written checkpoint, loaded plainly (no hooks), side by side with its base.
+
+One model is in memory at a time: the checkpoint answers first and is freed, then the base answers and re-reads
+both models' completions (fluency and the concept score are measured by the unsteered base). The recipes are
+:mod:`bakesteer.measure`'s, the same as a sweep's, so ``eval`` of the checkpoint baked at ``k`` equals the broadcast
+sweep run at ``k``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from bakesteer import __version__
+from bakesteer.card import METADATA_FILENAME
+from bakesteer.errors import EvaluationError
+from bakesteer.measure import base_reading, concept_probe, run_metrics, run_outputs, run_samples
+from bakesteer.options import ConvertOptions
+from bakesteer.prompts import PromptSet, load_prompt_set
+from bakesteer.source import ModelSource
+from bakesteer.vector import VECTOR_FILENAME, SteeringVector
+
+logger = logging.getLogger(__name__)
+
+#: The full evaluation (metrics and every completion) that ``convert --eval`` writes beside the weights.
+EVAL_FILE = "evaluation.json"
+_KINDS = {"local": "a local directory", "gguf": "a GGUF file"}
+#: Example completions per model that the card shows.
+CARD_EXAMPLES = 3
+
+
+@dataclass
+class EvalReport:
+    """The same metrics for a checkpoint (``model``) and its base.
+
+    Attributes:
+        alpha: The checkpoint's ``k``.
+        band: Its band, ``(start, end)`` end excluded.
+        base: The base's ``ModelSource.describe()``.
+        metrics: ``{"model": {...}, "base": {...}}``, each as a sweep run's metrics.
+        samples: ``{"model": [...], "base": [...]}``, every prompt and completion.
+        concept: The concept score's layer and anchors.
+        eval_set: The eval prompts' description.
+        settings: Generation length, dtype, and the prompt sets.
+        seconds: Wall time.
+    """
+
+    alpha: float
+    band: tuple[int, int]
+    base: dict[str, Any]
+    metrics: dict[str, dict[str, Any]]
+    samples: dict[str, list[dict[str, str]]]
+    concept: dict[str, Any]
+    eval_set: dict[str, Any]
+    settings: dict[str, Any] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        """Everything, completions included (``evaluation.json``, ``eval --output``)."""
+        return {
+            "bakesteer_version": __version__,
+            "alpha": self.alpha,
+            "band": list(self.band),
+            "base_model": self.base,
+            "metrics": self.metrics,
+            "concept": self.concept,
+            "eval_set": self.eval_set,
+            "settings": self.settings,
+            "samples": self.samples,
+        }
+
+    def summary(self) -> dict[str, Any]:
+        """What ``bakesteer.json`` and the card keep: the metrics and the first eval completions of each model."""
+        examples = {
+            who: [s for s in samples if s["set"] == "eval"][:CARD_EXAMPLES] for who, samples in self.samples.items()
+        }
+        return {
+            "metrics": self.metrics,
+            "concept": self.concept,
+            "eval_set": self.eval_set,
+            "settings": self.settings,
+            "examples": examples,
+            "file": EVAL_FILE,
+        }
+
+
+def _collect() -> None:
+    import gc
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def evaluate_pair(
+    directory: Path,
+    base_source: ModelSource,
+    *,
+    vector: SteeringVector,
+    band: tuple[int, int],
+    positive: PromptSet,
+    negative: PromptSet,
+    dtype: torch.dtype,
+    device: torch.device,
+    trust_remote_code: bool,
+    options: ConvertOptions,
+    alpha: float,
+) -> EvalReport:
+    """Measure the checkpoint in ``directory`` (plain ``from_pretrained``) and then ``base_source``.
+
+    Args:
+        directory: A written checkpoint.
+        base_source: Its base, resolved to plain local files (a GGUF source already dequantized).
+        vector: The checkpoint's ``steering.safetensors`` (its directions scale the concept score).
+        options: ``chat_template``, ``eval_prompts``, ``max_new_tokens``, the batch sizes.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from bakesteer.architectures import spec_for
+    from bakesteer.source import load_config, load_model
+    from bakesteer.sweep import measurement_inputs
+
+    started = time.perf_counter()
+    kwargs = {
+        "max_new_tokens": options.max_new_tokens,
+        "batch_size": options.batch_size,
+        "generation_batch_size": options.generation_batch_size,
+    }
+    model: Any = AutoModelForCausalLM.from_pretrained(
+        directory, dtype=dtype, use_safetensors=True, trust_remote_code=trust_remote_code
+    )
+    model.to(device).eval()
+    tokenizer: Any = AutoTokenizer.from_pretrained(directory)
+    tokenizer.padding_side = "left"
+    inputs = measurement_inputs(tokenizer, model, options, positive, negative)
+    steered = run_outputs(model, tokenizer, inputs, **kwargs)
+    del model
+    _collect()
+
+    spec = spec_for(load_config(base_source), allow_remote_code=True)
+    base, _ = load_model(base_source, dtype, device)
+    try:
+        base_run = run_outputs(base, tokenizer, inputs, **kwargs)
+        probe = concept_probe(base, spec, inputs, vector.directions, band, batch_size=options.batch_size)
+        readings = {
+            who: base_reading(base, spec, tokenizer, inputs, run, probe, batch_size=options.batch_size)
+            for who, run in (("model", steered), ("base", base_run))
+        }
+    finally:
+        del base
+        _collect()
+    runs = {"model": steered, "base": base_run}
+    return EvalReport(
+        alpha=alpha,
+        band=band,
+        base=base_source.describe(),
+        metrics={who: run_metrics(base_run, run, readings[who], inputs) for who, run in runs.items()},
+        samples={who: run_samples(inputs, run) for who, run in runs.items()},
+        concept=probe.to_dict(),
+        eval_set=inputs.eval_set,
+        settings={
+            "max_new_tokens": options.max_new_tokens,
+            "chat_template": options.chat_template,
+            "dtype": str(dtype).removeprefix("torch."),
+            "positive": positive.describe(),
+            "negative": negative.describe(),
+        },
+        seconds=round(time.perf_counter() - started, 3),
+    )
+
+
+def _prompt_set(options: ConvertOptions, role: str, recorded: dict[str, Any], directory: Path) -> PromptSet:
+    """The prompt set the checkpoint was calibrated with: the option's file, or the shipped default; its hash must
+    match the record."""
+    path = getattr(options, role)
+    name = str(recorded.get("name", ""))
+    if path is None and not name.startswith("default:"):
+        raise EvaluationError(
+            directory.name,
+            reason=f"it was calibrated with a {role} prompt set of your own ({name})",
+            hint=f"pass the same file with --{role}",
+        )
+    prompt_set = load_prompt_set(path, role)
+    if recorded.get("sha256") and prompt_set.sha256 != recorded["sha256"]:
+        raise EvaluationError(
+            directory.name,
+            reason=f"the {role} prompt set {prompt_set.name} is not the one it was calibrated with ({name})",
+            hint=f"pass the file it was calibrated with as --{role}",
+        )
+    return prompt_set
+
+
+def evaluate(directory: Path, *, base: str | None = None, options: ConvertOptions | None = None) -> EvalReport:
+    """Measure a bakesteer output against its base model.
+
+    Args:
+        directory: An output of ``bakesteer convert`` (``bakesteer.json`` and ``steering.safetensors`` inside).
+        base: The base model (Hub id, directory or ``.gguf``); default: the Hub id and commit recorded, for
+            checkpoints converted from the Hub.
+        options: ``positive``/``negative`` (needed when the checkpoint used its own sets), ``eval_prompts``,
+            ``max_new_tokens``, ``dtype`` (``auto``: the checkpoint's), ``device``, batch sizes.
+
+    Raises:
+        EvaluationError: not a bakesteer output, no base known, or prompt sets that differ from the calibration's.
+        BakesteerError: any other bad input.
+    """
+    from bakesteer.source import DTYPES, materialize_gguf, resolve_device, resolve_source
+
+    options = options or ConvertOptions()
+    directory = Path(directory)
+    meta_path = directory / METADATA_FILENAME
+    if not meta_path.is_file() or not (directory / VECTOR_FILENAME).is_file():
+        raise EvaluationError(
+            directory.name,
+            reason=f"not a bakesteer output (no {METADATA_FILENAME} or {VECTOR_FILENAME})",
+            hint="pass a directory written by `bakesteer convert`",
+        )
+    meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    recorded = meta["base_model"]
+    revision = None
+    if base is None:
+        if recorded["kind"] != "hub":
+            raise EvaluationError(
+                directory.name,
+                reason=f"it was converted from {_KINDS.get(recorded['kind'], 'a local source')} "
+                f"({recorded['model_id']}) whose path is not recorded",
+                hint="pass that model with --base",
+            )
+        base, revision = recorded["model_id"], recorded.get("revision")
+    calibration = meta["calibration"]
+    positive = _prompt_set(options, "positive", calibration.get("positive", {}), directory)
+    negative = _prompt_set(options, "negative", calibration.get("negative", {}), directory)
+    options = options.replace(chat_template=bool(meta["options"].get("chat_template", True)))
+    vector = SteeringVector.load(directory / VECTOR_FILENAME)
+    band = (int(meta["method"]["band"]["start"]), int(meta["method"]["band"]["end_exclusive"]))
+    dtype = DTYPES[meta["output"]["dtype"] if options.dtype == "auto" else options.dtype]
+    source = resolve_source(base, revision=revision)
+    if source.revision != recorded.get("revision"):
+        logger.warning(
+            "the base %s (%s) is not the recorded source %s (%s)",
+            source.model_id,
+            source.revision,
+            recorded["model_id"],
+            recorded.get("revision"),
+        )
+    with tempfile.TemporaryDirectory(prefix=".bakesteer-eval-") as scratch:
+        if source.gguf_file:
+            source = materialize_gguf(source, dtype, Path(scratch))
+            _collect()
+        return evaluate_pair(
+            directory,
+            source,
+            vector=vector,
+            band=band,
+            positive=positive,
+            negative=negative,
+            dtype=dtype,
+            device=resolve_device(options.device),
+            trust_remote_code=meta["architecture"]["strategy"] == "remote_code",
+            options=options,
+            alpha=float(meta["method"]["k"]),
+        )
