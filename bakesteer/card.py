@@ -20,38 +20,47 @@ REPO_PLACEHOLDER = "REPO_ID"
 SWEEP_PLOT = "sweep.png"
 
 
+#: Recorded options the reproduce command leaves out: ``vector`` (the command calibrates again, which gives the same
+#: vector) and those that do not shape the output.
+_NOT_IN_COMMAND = ("vector",)
+
+
 def command_line(metadata: dict[str, Any]) -> str:
-    """The ``bakesteer convert`` command that reproduces the checkpoint (non-default options only)."""
+    """The ``bakesteer convert`` command that reproduces the output: every recorded option that is not the default,
+    quoted for a POSIX shell (``shlex`` parses it back), no publish flags, ``OUTPUT`` for the output directory."""
+    import shlex
+
     defaults = ConvertOptions().to_dict()
+    recorded = metadata["options"]
     parts = ["bakesteer", "convert", metadata["base_model"]["model_id"]]
     for f in ConvertOptions.fields_in():
-        value = metadata["options"].get(f.name)
-        if f.name in ("overwrite", "vector", "device", "batch_size", "seed") or value == defaults[f.name]:
+        if f.name not in recorded or f.name in _NOT_IN_COMMAND or recorded[f.name] == defaults[f.name]:
             continue
+        value = recorded[f.name]
         flag = (f.metadata.get("flag") or "--" + f.name.replace("_", "-")).split("/")
         if isinstance(value, bool):
             parts.append(flag[0] if value else flag[-1])
         else:
-            parts += [flag[0], str(value)]
-    if "revision" not in metadata["options"] or not metadata["options"].get("revision"):
-        revision = metadata["base_model"].get("revision")
-        if metadata["base_model"]["kind"] == "hub" and revision:
-            parts += ["--revision", revision]
-    return " ".join([*parts, "--output", "OUTPUT"])
+            parts += [flag[0], repr(value) if isinstance(value, float) else str(value)]  # repr: exact round trip
+    if not recorded.get("revision") and metadata["base_model"]["kind"] == "hub" and metadata["base_model"]["revision"]:
+        parts += ["--revision", metadata["base_model"]["revision"]]
+    return shlex.join([*parts, "--output", "OUTPUT"])
 
 
-# --------------------------------------------------------------------------- the card
+#: License fields of a model card's metadata that travel with the steered copy.
+LICENSE_FIELDS = ("license", "license_name", "license_link")
 
 
-def source_license(directory: Path) -> str | None:
-    """The ``license`` field of the source's model card, when it has one."""
+def source_license(directory: Path) -> dict[str, str]:
+    """The ``license`` of the source's model card, with ``license_name`` and ``license_link`` (which a
+    ``license: other`` needs to mean anything), when it has them."""
     from huggingface_hub import ModelCard
 
     path = directory / CARD_FILENAME
     if not path.is_file():
-        return None
-    license_ = ModelCard.load(path).data.to_dict().get("license")
-    return str(license_) if license_ else None
+        return {}
+    data = ModelCard.load(path).data.to_dict()
+    return {key: str(data[key]) for key in LICENSE_FIELDS if data.get(key)}
 
 
 _STRATEGY_TEXT = {
@@ -77,7 +86,7 @@ def card_template(name: str = "bakesteer.md.j2") -> str:
     return (Path(__file__).resolve().parents[1] / "model_cards" / name).read_text(encoding="utf-8")
 
 
-def render_card(metadata: dict[str, Any], *, license_: str | None = None) -> str:
+def render_card(metadata: dict[str, Any], *, license_: dict[str, str] | None = None) -> str:
     """The model card text (YAML front matter and body) for a conversion's ``bakesteer.json`` contents."""
     from huggingface_hub import ModelCard, ModelCardData
 
@@ -93,8 +102,10 @@ def render_card(metadata: dict[str, Any], *, license_: str | None = None) -> str
         base_model=base["model_id"] if base["kind"] == "hub" else None,
         library_name="transformers",
         pipeline_tag="text-generation",
-        license=license_,
         tags=tags,
+        license=(license_ or {}).get("license"),
+        license_name=(license_ or {}).get("license_name"),
+        license_link=(license_ or {}).get("license_link"),
     )
     flags = ", ".join(f"{k}={json.dumps(val)}" for k, val in arch["config_updates"].items())
     runtime_note = (
@@ -144,11 +155,12 @@ def render_card(metadata: dict[str, Any], *, license_: str | None = None) -> str
         sweep_plot=SWEEP_PLOT,
         fmt=_fmt,
         zip=zip,
+        gguf=base if base["kind"] == "gguf" else None,
     )
     return str(card)
 
 
-def write_card(directory: Path, metadata: dict[str, Any], *, license_: str | None = None) -> None:
+def write_card(directory: Path, metadata: dict[str, Any], *, license_: dict[str, str] | None = None) -> None:
     """Write ``README.md``, ``mu.png`` and, after ``--alpha auto``, ``sweep.png`` into ``directory``."""
     from bakesteer.plots import plot_mu, plot_sweep
 

@@ -144,8 +144,14 @@ def main() -> None:
     "--output", "-o", type=click.Path(path_type=Path, file_okay=False), required=True, help="Output directory."
 )
 @options_from("bake", "calibration", "validation", "runtime", "measure", "evaluate", "publish")
+@click.option(
+    "--report",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Write what the run cost and where it ran (timings, machine, validation, push) as JSON to this file; "
+    "none of it goes into the output, so identical conversions give identical bytes.",
+)
 @common_flags
-def convert(model: str, output: Path, quiet: bool, debug: bool, **values: Any) -> None:
+def convert(model: str, output: Path, report: Path | None, quiet: bool, debug: bool, **values: Any) -> None:
     """Bake steering into MODEL (Hub id, local directory or .gguf file) and validate the result."""
     _setup(quiet, debug)
     options = _options(values)
@@ -156,6 +162,16 @@ def convert(model: str, output: Path, quiet: bool, debug: bool, **values: Any) -
         return run_convert(model, output, options)
 
     result = _run(debug, action)
+    if report is not None:
+        _write_report(report, result)
+    if result.up_to_date is not None:
+        if not quiet:
+            branch = options.push_branch or "main"
+            click.echo(
+                f"{options.push_to_hub}@{branch} already holds this conversion (fingerprint "
+                f"{result.metadata['fingerprint'][:12]}): nothing converted or pushed; --force-push redoes it"
+            )
+        return
     if not quiet:
         _summary(result, output)
         if "sweep" in result.metadata:
@@ -171,6 +187,15 @@ def convert(model: str, output: Path, quiet: bool, debug: bool, **values: Any) -
             )
         if result.push is not None:
             _push_summary(result.push)
+
+
+def _write_report(path: Path, result: Any) -> None:
+    import json
+
+    data = result.report() if result.up_to_date is None else {"up_to_date": True, **result.metadata}
+    partial = path.with_name(f".{path.name}.partial")
+    partial.write_text(json.dumps(data, indent=2) + "\n")
+    partial.replace(path)
 
 
 def _summary(result: Any, output: Path) -> None:

@@ -160,3 +160,30 @@ class EvaluationError(BakesteerError, ValueError):
         self.subject = subject
         self.reason = reason
         super().__init__(f"{subject}: {reason}", hint=hint)
+
+
+class HubError(BakesteerError, ConnectionError):
+    """The Hub refused or failed a request. Nothing local was changed.
+
+    Attributes:
+        repo_id: The repository (or "the Hub" for a token check).
+        status: The HTTP status, or ``None`` for a network failure.
+        action: What was being done ("push to", "read", "token check at").
+        reason: The failure, in words.
+    """
+
+    def __init__(self, repo_id: str, status: int | None, reason: str, hint: str, *, action: str = "push to") -> None:
+        self.repo_id = repo_id
+        self.status = status
+        self.action = action
+        self.reason = reason
+        note = "; the local output is unchanged" if action == "push to" else ""
+        super().__init__(f"{action} {repo_id} failed: {reason}{note}", hint=hint)
+
+    def without_note(self) -> str:
+        """The one-line message without the remark about the local output (for callers that discard it)."""
+        return f"{self.action} {self.repo_id} failed: {self.reason}; {self.hint}"
+
+
+class NotPushableError(BakesteerError, ValueError):
+    """The directory is not a validated bakesteer output."""

@@ -211,7 +211,8 @@ def evaluate(directory: Path, *, base: str | None = None, options: ConvertOption
         EvaluationError: not a bakesteer output, no base known, or prompt sets that differ from the calibration's.
         BakesteerError: any other bad input.
     """
-    from bakesteer.source import DTYPES, materialize_gguf, resolve_device, resolve_source
+    from bakesteer.dequantize import materialize_gguf
+    from bakesteer.source import DTYPES, resolve_device, resolve_source
 
     options = options or ConvertOptions()
     directory = Path(directory)

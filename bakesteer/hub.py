@@ -1,5 +1,6 @@
-"""Publishing a validated output directory to the Hub: one commit per push, unchanged files skipped, files a
-previous push left and this one lacks deleted. The token comes from ``HF_TOKEN`` or the huggingface_hub login and is
+"""Publishing a validated output directory to the Hub: one commit per push, unchanged files skipped, and only files
+that an earlier bakesteer output listed (``files`` in its ``bakesteer.json``) and this one lacks deleted: whatever
+else the repository holds is kept. The token comes from ``HF_TOKEN`` or the huggingface_hub login and is
 never printed, logged or written."""
 
 from __future__ import annotations
@@ -12,37 +13,11 @@ from pathlib import Path
 from typing import Any
 
 from bakesteer.card import CARD_FILENAME, METADATA_FILENAME, REPO_PLACEHOLDER
-from bakesteer.errors import BakesteerError
+from bakesteer.errors import HubError, NotPushableError
+from bakesteer.hubnet import ensure_timeout, network_cause, network_error
 from bakesteer.source import sha256_file
 
 logger = logging.getLogger(__name__)
-
-
-class HubError(BakesteerError, ConnectionError):
-    """The Hub refused or failed a request. Nothing local was changed.
-
-    Attributes:
-        repo_id: The repository (or "the Hub" for a token check).
-        status: The HTTP status, or ``None`` for a network failure.
-        action: What was being done ("push to", "read", "token check at").
-        reason: The failure, in words.
-    """
-
-    def __init__(self, repo_id: str, status: int | None, reason: str, hint: str, *, action: str = "push to") -> None:
-        self.repo_id = repo_id
-        self.status = status
-        self.action = action
-        self.reason = reason
-        note = "; the local output is unchanged" if action == "push to" else ""
-        super().__init__(f"{action} {repo_id} failed: {reason}{note}", hint=hint)
-
-    def without_note(self) -> str:
-        """The one-line message without the remark about the local output (for callers that discard it)."""
-        return f"{self.action} {self.repo_id} failed: {self.reason}; {self.hint}"
-
-
-class NotPushableError(BakesteerError, ValueError):
-    """The directory is not a validated bakesteer output."""
 
 
 @dataclass
@@ -105,40 +80,11 @@ def _hub_error(repo_id: str, err: BaseException, action: str = "push to") -> Hub
             status = cause.response.status_code
             reason, hint = _STATUS.get(status, (f"the Hub answered {status}", "rerun later; check the Hub's status"))
             return HubError(repo_id, status, reason, hint, action=action)
-        if isinstance(cause, _transport_errors()) or _raised_by_http_client(cause):
-            return HubError(
-                repo_id,
-                None,
-                f"network error ({type(cause).__name__})",
-                "check the connection and rerun",
-                action=action,
-            )
         cause = cause.__cause__
+    network = network_cause(err)
+    if network is not None:
+        return network_error(repo_id, network, action=action)
     return None
-
-
-def _raised_by_http_client(err: BaseException) -> bool:
-    """Whether ``err`` was raised inside the HTTP client library. When one upload thread's connection error makes
-    huggingface_hub close its shared client, a parallel upload fails with a bare ``RuntimeError`` ("the client has
-    been closed") from httpx: a network failure all the same."""
-    tb = err.__traceback__
-    while tb is not None and tb.tb_next is not None:
-        tb = tb.tb_next
-    module = tb.tb_frame.f_globals.get("__name__", "") if tb is not None else ""
-    return str(module).split(".")[0] in ("httpx", "httpx2", "httpcore", "httpcore2")
-
-
-def _transport_errors() -> tuple[type[BaseException], ...]:
-    """The HTTP client's transport errors (huggingface_hub 1.x uses httpx, 2.x its fork httpx2), plus the socket's
-    own (a local file error is not one of them)."""
-    import importlib
-    import importlib.util
-
-    errors: list[type[BaseException]] = [ConnectionError, TimeoutError]
-    for name in ("httpx2", "httpx"):
-        if importlib.util.find_spec(name) is not None:
-            errors.append(importlib.import_module(name).HTTPError)
-    return tuple(errors)
 
 
 def push(
@@ -160,7 +106,8 @@ def push(
         revision: Branch to push to (created from main if missing); default ``main``.
         commit_message: Defaults to a summary of k and the band.
         token: Defaults to ``HF_TOKEN`` or the stored login.
-        force: Push even if the output did not pass validation.
+        force: Push even if the output did not pass validation, or into a branch that holds files but no bakesteer
+            output (they are kept).
 
     Raises:
         NotPushableError: not a bakesteer output, or not validated (without ``force``).
@@ -169,6 +116,7 @@ def push(
     from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi
     from huggingface_hub.hf_api import RepoFile
 
+    ensure_timeout()
     directory = Path(directory)
     meta_path = directory / METADATA_FILENAME
     if not meta_path.is_file():
@@ -199,6 +147,15 @@ def push(
         remote = {
             f.path: f for f in api.list_repo_tree(repo_id, revision=head, recursive=True) if isinstance(f, RepoFile)
         }
+        ours = _written_by_bakesteer(api, repo_id, head, remote)
+        foreign = sorted(p for p in remote if p != ".gitattributes" and p not in (ours or set()))
+        if ours is None and foreign and not force:
+            raise NotPushableError(
+                f"{repo_id}@{branch} holds files bakesteer did not write (e.g. {foreign[0]}) "
+                f"and no {METADATA_FILENAME}",
+                hint="push to a new repository or --revision branch, or pass --force to add the output beside them "
+                "(nothing of theirs is deleted)",
+            )
         result = PushResult(repo_id, branch, None)
         operations: list[Any] = []
         for name, path in local.items():
@@ -209,7 +166,8 @@ def push(
                 source = content if isinstance(content, bytes) else str(content)
                 operations.append(CommitOperationAdd(path_in_repo=name, path_or_fileobj=source))
                 result.uploaded.append(name)
-        result.deleted = sorted(p for p in remote if p not in local and p != ".gitattributes")
+        # only files an earlier bakesteer push wrote (its bakesteer.json lists them) and this output lacks
+        result.deleted = sorted(p for p in remote if p not in local and p in (ours or set()))
         operations += [CommitOperationDelete(path_in_repo=p) for p in result.deleted]
         if not operations:
             logger.info("%s@%s is up to date: no commit", repo_id, branch)
@@ -217,12 +175,29 @@ def push(
         info = api.create_commit(repo_id, operations, commit_message=message, revision=branch, parent_commit=head)
         result.commit = info.oid
         return result
+    except NotPushableError:
+        raise
     except Exception as err:
         hub_error = _hub_error(repo_id, err)
         if hub_error is None:
             raise
         logger.debug("push failed: %r", err, exc_info=True)
         raise hub_error from None
+
+
+def _written_by_bakesteer(api: Any, repo_id: str, head: str | None, remote: dict[str, Any]) -> set[str] | None:
+    """The files the output at ``head`` consists of, from its ``bakesteer.json`` (``files``); ``None`` when the
+    branch holds no bakesteer output. An output written before the record existed claims no file (nothing is
+    deleted for it)."""
+    if METADATA_FILENAME not in remote:
+        return None
+    path = api.hf_hub_download(repo_id, METADATA_FILENAME, revision=head)
+    try:
+        meta = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return set()
+    files = meta.get("files")
+    return {str(f) for f in files} if isinstance(files, list) else set()
 
 
 @dataclass(frozen=True)
@@ -249,6 +224,7 @@ def published_state(repo_id: str, revision: str | None = None, *, token: str | N
     from huggingface_hub import HfApi
     from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundError
 
+    ensure_timeout()
     api = HfApi(token=token)
     try:
         try:
@@ -294,6 +270,7 @@ def check_token(*, token: str | None = None) -> str:
     from huggingface_hub import HfApi
     from huggingface_hub.errors import LocalTokenNotFoundError
 
+    ensure_timeout()
     try:
         return str(HfApi(token=token).whoami()["name"])
     except LocalTokenNotFoundError:

@@ -22,6 +22,8 @@ DEFAULT_LAYERS = "0.4:0.9"
 #: of :mod:`bakesteer.sweep`.
 AUTO = "auto"
 DIRECTIONS = ("positive", "negative")
+#: Options that do not shape the output directory, so ``bakesteer.json`` does not record them.
+NOT_RECORDED = ("overwrite", "push_to_hub", "private", "push_branch", "commit_message", "force_push")
 
 
 def _opt(default: Any, help: str, *, group: str, flag: str | None = None, **extra: Any) -> Any:
@@ -128,6 +130,11 @@ class ConvertOptions:
     private: bool = _opt(False, "Create the Hub repository private.", group="publish")
     push_branch: str | None = _opt(None, "Branch to push to (default main).", group="publish")
     commit_message: str | None = _opt(None, "Commit message for the push.", group="publish")
+    force_push: bool = _opt(
+        False,
+        "Convert and push even when the target already holds an output with the same fingerprint.",
+        group="publish",
+    )
 
     # ------------------------------------------------------------------ helpers
 
@@ -149,6 +156,11 @@ class ConvertOptions:
     def auto(self) -> bool:
         """Whether ``alpha`` is ``auto`` (chosen by a sweep)."""
         return self.alpha == AUTO
+
+    def record(self) -> dict[str, Any]:
+        """The options as ``bakesteer.json`` records them: :meth:`to_dict` without those that do not shape the
+        output (``overwrite`` and where it is pushed), so that the same conversion gives the same bytes."""
+        return {k: v for k, v in self.to_dict().items() if k not in NOT_RECORDED}
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict of every option; paths are reduced to their file names (no local paths leak)."""

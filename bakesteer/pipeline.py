@@ -10,6 +10,7 @@ from __future__ import annotations
 import gc
 import logging
 import math
+import os
 import platform
 import tempfile
 import time
@@ -27,6 +28,7 @@ from bakesteer.bake import BiasPlan, bias_plan, output_config, write_remote_code
 from bakesteer.batching import pad_token_id
 from bakesteer.calibration import difference_of_means, mean_norms, residual_statistics, unit_directions
 from bakesteer.card import METADATA_FILENAME, source_license, write_card
+from bakesteer.dequantize import materialize_gguf
 from bakesteer.fingerprint import metadata_fingerprint
 from bakesteer.options import ConvertOptions, check_alpha_for_model, parse_layers
 from bakesteer.prompts import PromptSet, load_prompt_set, render_prompts
@@ -34,7 +36,6 @@ from bakesteer.source import (
     ModelSource,
     load_config,
     load_model,
-    materialize_gguf,
     resolve_device,
     resolve_dtype,
     resolve_source,
@@ -58,16 +59,44 @@ class ConvertResult:
         validation: The validation report.
         metadata: The contents of ``bakesteer.json``.
         seconds: Wall time.
+        timings: Seconds per stage (kept out of the checkpoint, so that the same inputs give the same bytes).
+        push: The :class:`~bakesteer.hub.PushResult` after ``push_to_hub``.
+        up_to_date: With ``push_to_hub``: the target's :class:`~bakesteer.hub.PublishedState` when it already held
+            this fingerprint, so nothing was converted, written or pushed (``validation`` is then ``None``).
     """
 
     output: Path
     band: tuple[int, int]
     alpha: float
     offset_norms: dict[int, float]
-    validation: ValidationReport
+    validation: ValidationReport | None
     metadata: dict[str, Any]
     seconds: float
+    timings: dict[str, float] = field(default_factory=dict)
     push: Any = None
+    up_to_date: Any = None
+
+    def report(self) -> dict[str, Any]:
+        """What ``convert --report FILE`` writes: what the run cost and where, beside what it produced (the parts
+        of a run that differ between two identical conversions live here, not in the checkpoint)."""
+        return {
+            "bakesteer_version": __version__,
+            "output": self.output.name,
+            "fingerprint": self.metadata["fingerprint"],
+            "k": self.alpha,
+            "validation": None if self.validation is None else self.validation.to_dict(),
+            "timings_s": {**self.timings, "total": round(self.seconds, 3)},
+            "machine": {
+                "platform": platform.platform(),
+                "processor": platform.machine(),
+                "cpus": os.cpu_count(),
+                "torch_threads": torch.get_num_threads(),
+                "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+            },
+            "push": None
+            if self.push is None
+            else {"repo": self.push.repo_id, "revision": self.push.revision, "commit": self.push.commit},
+        }
 
 
 @dataclass
@@ -200,6 +229,28 @@ def compute_vector(model: str, output: Path, options: ConvertOptions | None = No
     return vector
 
 
+def _published(source: ModelSource, options: ConvertOptions) -> Any:
+    """The target's state when it already holds the fingerprint this conversion would have, else ``None``.
+
+    Checked before anything is loaded, as ``publish`` does, so a rerun converts, writes and pushes nothing.
+
+    Raises:
+        HubError: the Hub cannot be reached or refuses the read (nothing is converted).
+    """
+    from bakesteer.fingerprint import fingerprint_of
+    from bakesteer.hub import check_online, published_state
+    from bakesteer.prompts import prompt_hashes
+
+    assert options.push_to_hub is not None
+    check_online()
+    planned = fingerprint_of(source.describe(), __version__, options.to_dict(), prompt_hashes(options))
+    state = published_state(options.push_to_hub, options.push_branch)
+    if state.fingerprint != planned:
+        return None
+    logger.info("%s already holds fingerprint %s: nothing to convert", options.push_to_hub, planned)
+    return state
+
+
 def _choose_alpha(
     model: Any,
     tokenizer: Any,
@@ -312,6 +363,15 @@ def convert(model: str, output: Path, options: ConvertOptions | None = None) -> 
     vector_file = _vector_file(options, config)
     positive = load_prompt_set(options.positive, "positive")
     negative = load_prompt_set(options.negative, "negative")
+    if options.push_to_hub and not options.force_push:
+        with timer.stage("target"):
+            state = _published(source, options)
+        if state is not None:
+            k_planned = math.nan if options.auto else float(options.alpha)
+            empty = ConvertResult(output, band, k_planned, {}, None, {"fingerprint": state.fingerprint}, 0.0)
+            empty.up_to_date, empty.timings = state, dict(timer.stages)
+            empty.seconds = time.perf_counter() - started
+            return empty
 
     with AtomicDirectory(output, overwrite=options.overwrite) as staging:
         if source.gguf_file:
@@ -368,7 +428,7 @@ def convert(model: str, output: Path, options: ConvertOptions | None = None) -> 
         gc.collect()
         vector.save(staging.path / VECTOR_FILENAME, band=band, alpha=k)
         offset_norms = {layer: float(offsets[layer].norm()) for layer in range(*band)}
-        metadata = _metadata(source, spec, vector, options, k, band, plan, offsets, written, dtype, report, timer)
+        metadata = _metadata(source, spec, vector, options, k, band, plan, offsets, written, dtype, report)
         if auto is not None:
             metadata["sweep"] = auto  # write_card draws its plot
         if options.eval:
@@ -390,10 +450,10 @@ def convert(model: str, output: Path, options: ConvertOptions | None = None) -> 
                 )
             metadata["evaluation"] = evaluation.summary()
             write_json(staging.path / EVAL_FILE, evaluation.to_dict())
-            metadata["timings_s"] = dict(timer.stages)
         metadata["fingerprint"] = metadata_fingerprint(metadata)
         write_card(staging.path, metadata, license_=source_license(source.directory))
-        metadata["timings_s"]["total"] = round(time.perf_counter() - started, 3)
+        # what a push may later delete: the files this output consists of, and nothing a repo owner added
+        metadata["files"] = sorted({p.name for p in staging.path.iterdir() if p.is_file()} | {METADATA_FILENAME})
         write_json(staging.path / METADATA_FILENAME, metadata)
         normalise_modes(staging.path)
         final = staging.commit()
@@ -405,6 +465,7 @@ def convert(model: str, output: Path, options: ConvertOptions | None = None) -> 
         validation=report,
         metadata=metadata,
         seconds=time.perf_counter() - started,
+        timings=dict(timer.stages),
     )
     if options.push_to_hub:
         from bakesteer.hub import push
@@ -432,14 +493,14 @@ def _metadata(
     written: list[str],
     dtype: torch.dtype,
     report: ValidationReport,
-    timer: _Timer,
 ) -> dict[str, Any]:
     import transformers
 
     norms = [float(offsets[layer].norm()) for layer in range(*band)]
     return {
         "bakesteer_version": __version__,
-        "base_model": source.describe(),
+        "base_model": source.describe()
+        | ({"dequantized_to": str(dtype).removeprefix("torch.")} if source.kind == "gguf" else {}),
         "architecture": {
             "model_type": spec.model_type,
             "strategy": plan.strategy,
@@ -460,10 +521,9 @@ def _metadata(
             "vector_reused": options.vector is not None,
         },
         "calibration": vector.info,
-        "options": options.to_dict(),
+        "options": options.record(),
         "output": {"dtype": str(dtype).removeprefix("torch."), "weight_files": written},
         "validation": report.to_dict(),
-        "timings_s": dict(timer.stages),
         "environment": {
             "python": platform.python_version(),
             "torch": torch.__version__,

@@ -179,3 +179,14 @@ def render_prompts(tokenizer: Any, prompts: tuple[str, ...] | list[str], *, chat
 def reference_text() -> str:
     """The shipped neutral reference text (:data:`REFERENCE_TEXT`)."""
     return resources.files("bakesteer.data").joinpath(REFERENCE_TEXT).read_text(encoding="utf-8")
+
+
+def prompt_hashes(options: Any) -> dict[str, str]:
+    """SHA-256 of the positive, negative and eval prompt sets that ``options`` (a ``ConvertOptions``) names, as the
+    fingerprint reads them.
+
+    Raises:
+        PromptSetError: a set cannot be read.
+    """
+    files = {"positive": options.positive, "negative": options.negative, "eval": options.eval_prompts}
+    return {role: load_prompt_set(path, role).sha256 for role, path in files.items()}

@@ -5,7 +5,6 @@ Only safetensors and GGUF are read; a pickle checkpoint (``.bin``, ``.pt``) can 
 
 from __future__ import annotations
 
-import copy
 import functools
 import hashlib
 import json
@@ -44,6 +43,7 @@ class ModelSource:
         gguf_file: The GGUF file name inside ``directory``.
         weight_files: Safetensors files, as transformers would read them (one file, or the index's shards).
         index_file: The index file name when the weights are sharded.
+        quantization: A GGUF file's type (``Q4_1``, ``Q8_0``, ``F16``...), else ``None``.
     """
 
     kind: Literal["hub", "local", "gguf"]
@@ -53,10 +53,35 @@ class ModelSource:
     gguf_file: str | None = None
     weight_files: tuple[str, ...] = ()
     index_file: str | None = None
+    quantization: str | None = None
 
     def describe(self) -> dict[str, Any]:
-        """JSON-ready record for ``bakesteer.json`` (for a GGUF source, ``model_id`` is the file name)."""
-        return {"kind": self.kind, "model_id": self.model_id, "revision": self.revision}
+        """JSON-ready record for ``bakesteer.json`` (for a GGUF source, ``model_id`` is the file name and
+        ``quantization`` its file type, e.g. ``Q4_1``)."""
+        out: dict[str, Any] = {"kind": self.kind, "model_id": self.model_id, "revision": self.revision}
+        if self.quantization is not None:
+            out["quantization"] = self.quantization
+        return out
+
+
+_FILE_TYPE_PREFIX = "MOSTLY_"
+
+
+def gguf_file_type(path: Path) -> str:
+    """The quantization of a GGUF file as llama.cpp names it (``Q4_1``, ``Q8_0``, ``F16``, ...): its
+    ``general.file_type``, or the most common tensor type when the field is absent."""
+    import gguf
+
+    reader = gguf.GGUFReader(str(path))
+    field = reader.fields.get("general.file_type")
+    if field is not None and field.data:
+        try:
+            name = gguf.LlamaFileType(int(field.parts[field.data[0]][0])).name
+            return name.removeprefix(_FILE_TYPE_PREFIX).removeprefix("ALL_")  # MOSTLY_Q4_1 -> Q4_1, ALL_F32 -> F32
+        except ValueError:
+            pass
+    counts = Counter(t.tensor_type.name for t in reader.tensors)
+    return counts.most_common(1)[0][0] if counts else "unknown"
 
 
 def sha256_file(path: Path) -> str:
@@ -164,11 +189,21 @@ def _hub_errors(model: str, revision: str | None) -> Iterator[None]:
         raise ModelNotFoundError(model, reason="not in the local cache and the Hub is offline") from None
     except HfHubHTTPError as err:
         raise ModelNotFoundError(model, reason=f"the Hub answered {err.response.status_code}") from None
+    except Exception as err:
+        from bakesteer.hubnet import network_cause, network_error
+
+        cause = network_cause(err)
+        if cause is None:
+            raise
+        raise network_error(model, cause, action="download") from None
 
 
 def _resolve_hub(model: str, revision: str | None) -> ModelSource:
     from huggingface_hub import snapshot_download
 
+    from bakesteer.hubnet import ensure_timeout
+
+    ensure_timeout()
     with _hub_errors(model, revision):
         path = Path(snapshot_download(model, revision=revision, allow_patterns=HUB_PATTERNS))
     # snapshot_download returns .../snapshots/<commit>: the resolved revision.
@@ -194,6 +229,9 @@ def source_identity(model: str, *, revision: str | None = None) -> dict[str, Any
         return resolve_source(model, revision=revision).describe()
     from huggingface_hub import HfApi
 
+    from bakesteer.hubnet import ensure_timeout
+
+    ensure_timeout()
     with _hub_errors(model, revision):
         sha = HfApi().model_info(model, revision=revision).sha
     return {"kind": "hub", "model_id": model, "revision": sha}
@@ -223,7 +261,9 @@ def resolve_source(model: str, *, revision: str | None = None) -> ModelSource:
                 reason="a single file that is not .gguf",
                 hint="pass a model directory, a Hub id or a .gguf file",
             )
-        return ModelSource("gguf", path.name, sha256_file(path), path.parent, gguf_file=path.name)
+        return ModelSource(
+            "gguf", path.name, sha256_file(path), path.parent, gguf_file=path.name, quantization=gguf_file_type(path)
+        )
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise ModelNotFoundError(path.name, reason="the directory has no config.json")
@@ -304,32 +344,3 @@ def load_model(source: ModelSource, dtype: torch.dtype, device: torch.device) ->
     tokenizer = AutoTokenizer.from_pretrained(source.directory, **kwargs)
     tokenizer.padding_side = "left"
     return model, tokenizer
-
-
-def materialize_gguf(source: ModelSource, dtype: torch.dtype, directory: Path) -> ModelSource:
-    """Dequantize a GGUF file with transformers' loader and save it as a plain safetensors model in ``directory``.
-
-    transformers keeps GGUF weights packed behind its own kernels (no ``save_pretrained``, no dtype casts), so the
-    pipeline works on this plain copy instead: it loads with plain transformers like any other source. The copy
-    is written in ``dtype``, rounded once from the float32 dequantized values.
-
-    Returns:
-        A source of the same kind, model id and revision whose files are in ``directory``.
-    """
-    import dataclasses
-
-    from bakesteer.writer import save_state_dict
-
-    model, tokenizer = load_model(source, torch.float32, torch.device("cpu"))
-    state = {key: (t.to(dtype) if t.is_floating_point() else t) for key, t in model.state_dict().items()}
-    files, index = save_state_dict(state, directory)
-    config = copy.deepcopy(model.config)
-    config.dtype = dtype
-    # The loader records the GGUF as a quantization method; the copy is plain, full-precision weights.
-    if hasattr(config, "quantization_config"):
-        delattr(config, "quantization_config")
-    config.save_pretrained(directory)
-    model.generation_config.save_pretrained(directory)
-    tokenizer.save_pretrained(directory)
-    del model, state
-    return dataclasses.replace(source, directory=directory, gguf_file=None, weight_files=files, index_file=index)

@@ -10,12 +10,28 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
+from safetensors.torch import save
 
 from bakesteer.errors import DirectionError, VectorFileError
 
 FORMAT = "bakesteer.vector/1"
 VECTOR_FILENAME = "steering.safetensors"
+
+
+def write_safetensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
+    """``safetensors.torch.save_file`` with a reproducible header.
+
+    The safetensors writer keeps ``__metadata__`` in a hash map, so its keys come out in a different order in each
+    process; the header is rewritten with sorted keys (same length, so every data offset stays valid).
+    """
+    data = save(tensors, metadata=metadata)
+    size = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8 : 8 + size])
+    canonical = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
+    if len(canonical) > size:  # cannot happen for a compact header; keep the library's bytes if it ever does
+        Path(path).write_bytes(data)
+        return
+    Path(path).write_bytes(data[:8] + canonical.ljust(size, b" ") + data[8 + size :])
 
 
 @dataclass(frozen=True)
@@ -73,7 +89,7 @@ class SteeringVector:
         if band is not None and alpha is not None:
             tensors["offsets"] = self.offsets(band, alpha).contiguous()
             meta.update(band_start=str(band[0]), band_end=str(band[1]), alpha=repr(float(alpha)))
-        save_file(tensors, str(path), metadata=meta)
+        write_safetensors(path, tensors, meta)
 
     @classmethod
     def load(cls, path: Path) -> SteeringVector:

@@ -42,7 +42,8 @@ def child_prepare(model_dir: Path) -> dict[str, object]:
     import torch
 
     from bakesteer.demo import smollm2_gguf
-    from bakesteer.source import materialize_gguf, resolve_source
+    from bakesteer.dequantize import materialize_gguf
+    from bakesteer.source import resolve_source
 
     materialize_gguf(resolve_source(str(smollm2_gguf())), torch.float32, model_dir)
     return {"torch": torch.__version__}
@@ -90,7 +91,7 @@ def child_convert(model_dir: Path, out: Path, batch_size: int) -> dict[str, floa
     start = time.perf_counter()
     result = convert(str(model_dir), out, ConvertOptions(alpha=1.0, batch_size=batch_size))
     wall = time.perf_counter() - start
-    return {"wall_s": wall, "peak_mib": _peak_mib(), "stages": result.metadata["timings_s"]}
+    return {"wall_s": wall, "peak_mib": _peak_mib(), "stages": result.timings}
 
 
 def run_child(kind: str, *args: str) -> dict:

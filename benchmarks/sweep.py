@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -32,8 +33,9 @@ def child_prepare(model_dir: Path, eval_file: Path, count: int) -> dict[str, obj
     import torch
 
     from bakesteer.demo import smollm2_gguf
+    from bakesteer.dequantize import materialize_gguf
     from bakesteer.prompts import load_prompt_set
-    from bakesteer.source import materialize_gguf, resolve_source
+    from bakesteer.source import resolve_source
 
     materialize_gguf(resolve_source(str(smollm2_gguf())), torch.float32, model_dir)
     eval_file.write_text("\n".join(load_prompt_set(None, "eval").prompts[:count]) + "\n")
@@ -91,6 +93,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--eval-prompts", type=int, default=64, help="how many of the shipped eval prompts")
+    parser.add_argument("--keep", type=Path, help="copy the sweep's output directory here")
     parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -111,6 +114,8 @@ def main() -> None:
         model_dir.mkdir()
         torch_version = run_child("prepare", str(model_dir), str(eval_file), *flags)["torch"]
         sweep = run_child("sweep", str(model_dir), str(tmp / "sweep"), str(eval_file), *flags)
+        if args.keep is not None:
+            shutil.copytree(tmp / "sweep", args.keep, dirs_exist_ok=True)
         naive = [
             run_child("naive", str(model_dir), str(tmp / f"naive-{i}"), str(eval_file), str(alpha), *flags)
             for i, alpha in enumerate(ALPHAS)

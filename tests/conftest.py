@@ -59,23 +59,26 @@ def prompt_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return out[0], out[1]
 
 
+def use_endpoint(monkeypatch: pytest.MonkeyPatch, endpoint: str, cache: Path) -> None:
+    """Point the real huggingface_hub client at ``endpoint`` (online, no Xet, a private cache, a valid token)."""
+    import huggingface_hub.constants as c
+
+    monkeypatch.setenv("HF_ENDPOINT", endpoint)
+    monkeypatch.setenv("HF_HUB_DISABLE_XET", "1")
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setattr(c, "ENDPOINT", endpoint)
+    monkeypatch.setattr(c, "HUGGINGFACE_CO_URL_TEMPLATE", endpoint + "/{repo_id}/resolve/{revision}/{filename}")
+    monkeypatch.setattr(c, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(c, "HF_HUB_DISABLE_XET", True)
+    monkeypatch.setattr(c, "HF_HUB_CACHE", str(cache))
+
+
 @pytest.fixture()
 def hub(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[HubServer]:
     """A Hub-compatible server on 127.0.0.1 that the real huggingface_hub client talks to (online, no Xet, a
     private cache), with a valid ``HF_TOKEN``."""
-    import huggingface_hub.constants as c
-
     with HubServer() as server:
-        monkeypatch.setenv("HF_ENDPOINT", server.endpoint)
-        monkeypatch.setenv("HF_HUB_DISABLE_XET", "1")
-        monkeypatch.setenv("HF_TOKEN", TOKEN)
-        monkeypatch.setenv("HF_HUB_OFFLINE", "0")
-        monkeypatch.setattr(c, "ENDPOINT", server.endpoint)
-        monkeypatch.setattr(
-            c, "HUGGINGFACE_CO_URL_TEMPLATE", server.endpoint + "/{repo_id}/resolve/{revision}/{filename}"
-        )
-        monkeypatch.setattr(c, "HF_HUB_OFFLINE", False)
-        monkeypatch.setattr(c, "HF_HUB_DISABLE_XET", True)
-        monkeypatch.setattr(c, "HF_HUB_CACHE", str(tmp_path / "cache"))
+        use_endpoint(monkeypatch, server.endpoint, tmp_path / "cache")
         yield server
         assert server.state.crashed or not server.state.errors, server.state.errors[0]

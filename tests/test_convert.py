@@ -10,11 +10,12 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from bakesteer import ConvertOptions, convert
+from bakesteer import ConvertOptions, __version__, convert
 from bakesteer.architectures import REGISTRY
 from bakesteer.errors import DirectionError, OutputExistsError, VectorFileError
 from bakesteer.hooks import steering
 from bakesteer.source import resolve_source
+from bakesteer.validation import FLOOR_FACTOR, FP32_TOLERANCE
 from bakesteer.vector import SteeringVector
 
 
@@ -47,9 +48,9 @@ def test_baked_equals_hooked_and_differs_from_base(request, fixture: str, prompt
     baked = plain_logits(out, IDS)
     hooked = plain_logits(src, IDS, offsets=offsets)
     base = plain_logits(src, IDS)
-    assert (baked - hooked).abs().max() / hooked.abs().max() <= 1e-4
+    assert (baked - hooked).abs().max() / hooked.abs().max() <= FP32_TOLERANCE
     assert (baked - base).abs().max() / base.abs().max() > 1e-2
-    assert result.validation.passed and result.validation.relative_diff <= 1e-4
+    assert result.validation.relative_diff <= FP32_TOLERANCE < result.validation.base_relative_diff
     assert result.validation.greedy_equal
     assert result.validation.base_relative_diff > 1e-2
 
@@ -88,7 +89,7 @@ def test_outputs_and_metadata(llama_dir: Path, prompt_files, tmp_path: Path) -> 
         ]
     )
     meta = json.loads((out / "bakesteer.json").read_text())
-    assert meta["bakesteer_version"] == "0.1.0"
+    assert meta["bakesteer_version"] == __version__
     assert meta["base_model"] == {
         "kind": "local",
         "model_id": "llama",
@@ -101,7 +102,7 @@ def test_outputs_and_metadata(llama_dir: Path, prompt_files, tmp_path: Path) -> 
     assert len(meta["calibration"]["positive"]["sha256"]) == 64
     assert meta["options"]["positive"] == "harmful.txt"
     assert meta["validation"]["passed"] is True
-    assert set(meta["timings_s"]) >= {"load", "calibrate", "reference", "write", "validate", "total"}
+    assert "timings_s" not in meta  # timings differ between identical runs: they go to result.timings / --report
     assert meta["architecture"] == {
         "model_type": "llama",
         "strategy": "native_flag",
@@ -144,7 +145,7 @@ def test_vector_reuse_skips_calibration(llama_dir: Path, prompt_files, tmp_path:
     vec = compute_vector(str(llama_dir), vec_path, fast(prompt_files))
     direct = convert(str(llama_dir), tmp_path / "direct", fast(prompt_files, alpha=0.8))
     reused = convert(str(llama_dir), tmp_path / "reused", fast(prompt_files, alpha=0.8, vector=vec_path))
-    assert "calibrate" not in reused.metadata["timings_s"]
+    assert "calibrate" not in reused.timings and "calibrate" in direct.timings
     assert reused.metadata["method"]["vector_reused"] is True
     assert reused.metadata["calibration"]["positive"] == direct.metadata["calibration"]["positive"]
     with (
@@ -181,7 +182,7 @@ def test_sharded_source_stays_sharded_and_links(llama_sharded_dir: Path, prompt_
     assert index["weight_map"]["model.layers.2.mlp.down_proj.bias"] == "model-steering-biases.safetensors"
     total = sum((out / f).stat().st_size for f in set(index["weight_map"].values()))
     assert 0 < index["metadata"]["total_size"] < total
-    assert result.validation.passed
+    assert result.validation.relative_diff <= FP32_TOLERANCE < result.validation.base_relative_diff
 
 
 def test_existing_bias_is_added_to(models_dir: Path, prompt_files, tmp_path: Path) -> None:
@@ -198,7 +199,7 @@ def test_existing_bias_is_added_to(models_dir: Path, prompt_files, tmp_path: Pat
         for i in range(5):
             torch.testing.assert_close(f.get_tensor(f"model.layers.{i}.mlp.down_proj.bias"), before[i] + offsets[i])
     assert result.metadata["architecture"]["config_updates"] == {}
-    assert result.validation.passed
+    assert result.validation.relative_diff <= FP32_TOLERANCE < result.validation.base_relative_diff
 
 
 def test_bfloat16_source_uses_a_measured_floor(models_dir: Path, prompt_files, tmp_path: Path) -> None:
@@ -209,7 +210,7 @@ def test_bfloat16_source_uses_a_measured_floor(models_dir: Path, prompt_files, t
     v = result.validation
     assert v.dtype == "bfloat16"
     assert v.floor_relative is not None and v.floor_relative > 0
-    assert v.tolerance == pytest.approx(max(2 * v.floor_relative, 1e-4))
+    assert v.tolerance == pytest.approx(max(FLOOR_FACTOR * v.floor_relative, FP32_TOLERANCE))
     assert v.relative_diff <= v.tolerance
     assert json.loads((result.output / "config.json").read_text())["dtype"] == "bfloat16"
     with safe_open(str(result.output / "model.safetensors"), "pt") as f:

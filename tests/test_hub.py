@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -112,7 +113,8 @@ def test_server_dies_mid_upload(
     args = ["convert", str(llama_dir), "-o", str(out), "--positive", str(prompt_files[0])]
     code, err = _cli(*args, "--negative", str(prompt_files[1]), "--push-to-hub", "me/crash")
     assert code == 2 and err.count("\n") == 1, err
-    assert "push to me/crash failed: network error" in err and "the local output is unchanged" in err
+    assert "push to me/crash failed: network error reaching http://127.0.0.1:" in err
+    assert "the local output is unchanged" in err
     # every retry was spent against the dead server: 1+2+4+8+8 s of backoff (per upload thread that was running)
     assert not hub.alive and sorted(sleeps)[-2:] == [8, 8] and len(sleeps) >= 5
     assert json.loads((out / "bakesteer.json").read_text())["validation"]["passed"]  # the output is intact
@@ -156,8 +158,9 @@ def test_commit_refusals_are_one_line(
 
 
 def test_concurrent_writer_gets_412_not_a_wrong_tree(hub, llama_dir: Path, prompt_files, tmp_path: Path) -> None:
-    """Another commit lands between reading the tree and committing: the Hub refuses ours (parent commit), so a
-    file the other writer added is neither deleted nor silently kept; the rerun sees it and deletes it."""
+    """Another commit lands between reading the tree and committing: the Hub refuses ours (parent commit), so the
+    push never commits a tree it did not read; the rerun sees the other writer's file and keeps it (bakesteer did
+    not write it)."""
     from bakesteer.hub import push
 
     out = convert(str(llama_dir), tmp_path / "out", fast(prompt_files)).output
@@ -176,7 +179,7 @@ def test_concurrent_writer_gets_412_not_a_wrong_tree(hub, llama_dir: Path, promp
     code, err = _cli("push", str(out), "me/race")
     assert code == 0, err
     _, files = hub.state.files("me/race", "main")
-    assert "notes.md" not in files and "extra.txt" in files
+    assert files["notes.md"][1] == b"hello" and "extra.txt" in files
 
 
 def test_repo_deleted_during_the_push(hub, llama_dir: Path, prompt_files, tmp_path: Path) -> None:
@@ -198,3 +201,144 @@ def test_repo_deleted_during_the_push(hub, llama_dir: Path, prompt_files, tmp_pa
     code, err = _cli("push", str(out), "me/gone")
     assert code == 0, err
     assert set(hub.state.files("me/gone", "main")[1]) == set(before)
+
+
+def _pushes(hub) -> list[tuple[str, str]]:
+    """Requests that write: uploads, preuploads and commits."""
+    return [r for r in hub.state.requests if r[0] == "PUT" or "/commit/" in r[1] or "/preupload/" in r[1]]
+
+
+def test_push_keeps_files_bakesteer_did_not_write(hub, llama_dir: Path, prompt_files, tmp_path: Path) -> None:
+    """A repo that holds someone's own files: refused without --force; with it the output goes in beside them, and
+    no later push deletes them. Only files an earlier bakesteer output listed are ever deleted."""
+    from hub_server import Repo
+
+    with hub.state.lock:
+        hub.state.repos["me/notes"] = Repo()
+        hub.state.commit("me/notes", "main", {"notes.md": ("git", b"mine"), "data/plan.txt": ("git", b"x")}, "init")
+    first = convert(str(llama_dir), tmp_path / "a", fast(prompt_files, alpha=1.0)).output
+    before = len(_pushes(hub))
+    code, err = _cli("push", str(first), "me/notes")
+    assert code == 2 and err.count("\n") == 1, err
+    assert "me/notes@main holds files bakesteer did not write (e.g. data/plan.txt) and no bakesteer.json" in err
+    assert "pass --force to add the output beside them (nothing of theirs is deleted)" in err
+    assert len(_pushes(hub)) == before  # refused before anything was uploaded
+    code, err = _cli("push", str(first), "me/notes", "--force")
+    assert code == 0, err
+    _, files = hub.state.files("me/notes", "main")
+    assert files["notes.md"][1] == b"mine" and files["data/plan.txt"][1] == b"x" and "model.safetensors" in files
+    recorded = json.loads(files["bakesteer.json"][1])["files"]
+    assert "model.safetensors" in recorded and "notes.md" not in recorded
+
+    # a later output that lacks one of the first's files: that file goes, the owner's stay
+    second = convert(str(llama_dir), tmp_path / "b", fast(prompt_files, alpha=2.0)).output
+    (second / "mu.png").unlink()
+    meta = json.loads((second / "bakesteer.json").read_text())
+    meta["files"].remove("mu.png")
+    (second / "bakesteer.json").write_text(json.dumps(meta))
+    code, err = _cli("push", str(second), "me/notes")
+    assert code == 0, err
+    _, files = hub.state.files("me/notes", "main")
+    assert "mu.png" not in files and files["notes.md"][1] == b"mine" and "data/plan.txt" in files
+
+
+def test_convert_push_checks_the_fingerprint_before_converting(
+    hub, llama_dir: Path, prompt_files, tmp_path: Path
+) -> None:
+    """Two identical conversions are byte-identical, so a second `convert --push-to-hub` converts and writes
+    nothing; --force-push converts again and the push finds every file unchanged (no commit)."""
+    args = ["convert", str(llama_dir), "--positive", str(prompt_files[0]), "--negative", str(prompt_files[1])]
+    code, err = _cli(*args, "-o", str(tmp_path / "a"), "--push-to-hub", "me/again")
+    assert code == 0, err
+    commits, writes = hub.state.commit_count, len(_pushes(hub))
+    result = CliRunner().invoke(main, [*args, "-o", str(tmp_path / "b"), "--push-to-hub", "me/again"])
+    assert result.exit_code == 0, result.stderr
+    assert "me/again@main already holds this conversion" in result.stdout and "nothing converted or pushed" in (
+        result.stdout
+    )
+    assert not (tmp_path / "b").exists() and hub.state.commit_count == commits and len(_pushes(hub)) == writes
+    result = CliRunner().invoke(main, [*args, "-o", str(tmp_path / "c"), "--push-to-hub", "me/again", "--force-push"])
+    assert result.exit_code == 0, result.stderr
+    assert "is up to date" in result.stdout and hub.state.commit_count == commits  # same bytes: nothing to commit
+    a, c = tmp_path / "a", tmp_path / "c"
+    assert sorted(p.name for p in a.iterdir()) == sorted(p.name for p in c.iterdir())
+    for p in a.iterdir():
+        assert p.read_bytes() == (c / p.name).read_bytes(), p.name
+
+
+class SilentServer:
+    """Accepts TCP connections on 127.0.0.1 and never answers (a stalled proxy); closes everything on exit."""
+
+    def __enter__(self) -> SilentServer:
+        import socket
+        import threading
+
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.sock.settimeout(0.1)
+        self.endpoint = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        self.connections: list[Any] = []
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._accept, daemon=True)
+        self.thread.start()
+        return self
+
+    def _accept(self) -> None:
+        import time
+
+        deadline = time.monotonic() + 120  # bounded: after that every connection is closed, whatever the test does
+        while not self.stop.is_set() and time.monotonic() < deadline:
+            try:
+                conn, _ = self.sock.accept()
+                self.connections.append(conn)
+            except OSError:
+                continue
+        for conn in self.connections:
+            conn.close()
+        self.sock.close()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop.set()
+        self.thread.join()
+
+
+def _closed_port_endpoint() -> str:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{sock.getsockname()[1]}"
+
+
+@pytest.mark.parametrize("kind", ["unreachable", "silent"])
+def test_unreachable_or_silent_hub_is_one_line_before_converting(
+    kind: str, llama_dir: Path, prompt_files, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import contextlib
+    import time
+
+    from conftest import use_endpoint
+
+    from bakesteer import pipeline
+
+    calibrations: list[int] = []
+    monkeypatch.setattr(pipeline, "calibrate", lambda *a, **k: calibrations.append(1))
+    monkeypatch.setenv("BAKESTEER_HUB_TIMEOUT", "2")
+    variants = tmp_path / "variants.toml"
+    variants.write_text(f'[[models]]\nmodel = "{llama_dir}"\nalphas = [1, 2]\nrepo = "me/x-{{alpha}}"\n')
+    with SilentServer() if kind == "silent" else contextlib.nullcontext() as server:
+        endpoint = server.endpoint if server is not None else _closed_port_endpoint()
+        use_endpoint(monkeypatch, endpoint, tmp_path / "cache")
+        for args in (
+            ["convert", str(llama_dir), "-o", str(tmp_path / "out"), "--push-to-hub", "me/x"],
+            ["publish", str(variants)],
+            ["publish", str(variants), "--dry-run"],
+        ):
+            started = time.monotonic()
+            code, err = _cli(*args)
+            elapsed = time.monotonic() - started
+            assert code == 2 and err.count("\n") == 1, (args, err)
+            assert f"network error reaching {endpoint}" in err and "raise BAKESTEER_HUB_TIMEOUT (now 2 s)" in err
+            assert "Traceback" not in err and elapsed < 30, (args, elapsed)  # it would hang without a timeout
+    assert not calibrations and not (tmp_path / "out").exists()

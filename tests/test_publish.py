@@ -342,3 +342,30 @@ def test_publish_alpha_auto_plans_its_fingerprint_and_measures_the_card(
     statuses = [(v["repo"], v["status"], v["reason"]) for v in json.loads(report.read_text())["variants"]]
     assert statuses[0][0] == "me/llama-kauto" and statuses[0][2] == "fingerprint changed"
     assert statuses[0][1] in ("published", "unchanged") and statuses[1][1] == "up-to-date"
+
+
+def test_workflow_summary_prints_auto_and_numeric_alphas(tmp_path: Path) -> None:
+    """The workflow's summary step runs its inline Python on the report: with an "auto" variant too."""
+    import subprocess
+    import sys
+
+    import yaml
+
+    workflow = yaml.safe_load((ROOT / ".github" / "workflows" / "publish-variants.yml").read_text())
+    (step,) = [s for job in workflow["jobs"].values() for s in job["steps"] if s.get("name") == "Summary"]
+    script = step["run"].split("<<'PY'", 1)[1].split("\n", 1)[1].split("\nPY", 1)[0]
+    report = tmp_path / "report.json"
+    variant = {"repo": "me/x", "branch": "main", "status": "published", "error": None, "commit": "a" * 40}
+    report.write_text(
+        json.dumps(
+            {
+                "dry_run": False,
+                "counts": {"published": 2},
+                "calibrations": 1,
+                "variants": [{**variant, "alpha": "auto"}, {**variant, "alpha": -0.5, "reason": ""}],
+            }
+        )
+    )
+    out = subprocess.run([sys.executable, "-c", script, str(report)], capture_output=True, text=True, check=True)
+    assert "| me/x@main | auto | published | aaaaaaaaaaaa |" in out.stdout
+    assert "| me/x@main | -0.5 | published | aaaaaaaaaaaa |" in out.stdout

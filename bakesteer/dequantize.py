@@ -1,0 +1,41 @@
+"""GGUF sources: a plain safetensors copy that the pipeline treats like any other source.
+
+transformers keeps GGUF weights packed behind its own kernels (no ``save_pretrained``, no dtype casts), so bakesteer
+dequantizes once into a scratch directory and works on that copy.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from pathlib import Path
+
+import torch
+
+from bakesteer.source import ModelSource, load_model
+from bakesteer.writer import save_state_dict
+
+
+def materialize_gguf(source: ModelSource, dtype: torch.dtype, directory: Path) -> ModelSource:
+    """Dequantize a GGUF file with transformers' loader and save it as a plain safetensors model in ``directory``.
+
+    transformers keeps GGUF weights packed behind its own kernels (no ``save_pretrained``, no dtype casts), so the
+    pipeline works on this plain copy instead: it loads with plain transformers like any other source. The copy
+    is written in ``dtype``, rounded once from the float32 dequantized values.
+
+    Returns:
+        A source of the same kind, model id and revision whose files are in ``directory``.
+    """
+    model, tokenizer = load_model(source, torch.float32, torch.device("cpu"))
+    state = {key: (t.to(dtype) if t.is_floating_point() else t) for key, t in model.state_dict().items()}
+    files, index = save_state_dict(state, directory)
+    config = copy.deepcopy(model.config)
+    config.dtype = dtype
+    # The loader records the GGUF as a quantization method; the copy is plain, full-precision weights.
+    if hasattr(config, "quantization_config"):
+        delattr(config, "quantization_config")
+    config.save_pretrained(directory)
+    model.generation_config.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    del model, state
+    return dataclasses.replace(source, directory=directory, gguf_file=None, weight_files=files, index_file=index)
