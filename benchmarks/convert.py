@@ -17,11 +17,11 @@ import json
 import os
 import resource
 import shutil
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
+
+from children import run_child  # benchmarks/ is the script directory: first on sys.path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -94,13 +94,6 @@ def child_convert(model_dir: Path, out: Path, batch_size: int) -> dict[str, floa
     return {"wall_s": wall, "peak_mib": _peak_mib(), "stages": result.timings}
 
 
-def run_child(kind: str, *args: str) -> dict:
-    proc = subprocess.run([sys.executable, __file__, "--child", kind, *args], capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise SystemExit(f"{kind} run failed:\n{proc.stderr[-2000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=1)
@@ -123,16 +116,18 @@ def main() -> None:
         tmp = Path(tmp_s)
         model_dir = tmp / "SmolLM2-135M-Instruct"
         model_dir.mkdir()
-        torch_version = run_child("prepare", str(model_dir))["torch"]
+        torch_version = run_child(__file__, "prepare", str(model_dir))["torch"]
         weights_mib = sum(f.stat().st_size for f in model_dir.glob("*.safetensors")) / 2**20
 
-        floor = run_child("floor")["peak_mib"]
+        floor = run_child(__file__, "floor")["peak_mib"]
         runs: dict[str, list[dict]] = {"baseline": [], "convert": []}
         for _ in range(args.repeats):
             for kind in ("baseline", "convert"):  # interleaved, so drift hits both alike
                 out = tmp / f"out-{kind}"
                 shutil.rmtree(out, ignore_errors=True)
-                runs[kind].append(run_child(kind, str(model_dir), str(out), "--batch-size", str(args.batch_size)))
+                runs[kind].append(
+                    run_child(__file__, kind, str(model_dir), str(out), "--batch-size", str(args.batch_size))
+                )
         best = {kind: min(r, key=lambda x: x["wall_s"]) for kind, r in runs.items()}
 
     b, c = best["baseline"], best["convert"]

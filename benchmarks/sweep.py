@@ -18,11 +18,11 @@ import argparse
 import json
 import os
 import shutil
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
+
+from children import run_child  # benchmarks/ is the script directory: first on sys.path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 ALPHAS = (-1.0, -0.5, 0.0, 0.5, 1.0)
@@ -82,13 +82,6 @@ def child_naive(model_dir: Path, out: Path, eval_file: Path, tokens: int, alpha:
     return {"wall_s": time.perf_counter() - start, "convert_s": converted, "prompts": len(prompts)}
 
 
-def run_child(kind: str, *args: str) -> dict:
-    proc = subprocess.run([sys.executable, __file__, "--child", kind, *args], capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise SystemExit(f"{kind} run failed:\n{proc.stderr[-2000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--max-new-tokens", type=int, default=64)
@@ -112,12 +105,12 @@ def main() -> None:
         tmp = Path(tmp_s)
         model_dir, eval_file = tmp / "SmolLM2-135M-Instruct", tmp / "eval.txt"
         model_dir.mkdir()
-        torch_version = run_child("prepare", str(model_dir), str(eval_file), *flags)["torch"]
-        sweep = run_child("sweep", str(model_dir), str(tmp / "sweep"), str(eval_file), *flags)
+        torch_version = run_child(__file__, "prepare", str(model_dir), str(eval_file), *flags)["torch"]
+        sweep = run_child(__file__, "sweep", str(model_dir), str(tmp / "sweep"), str(eval_file), *flags)
         if args.keep is not None:
             shutil.copytree(tmp / "sweep", args.keep, dirs_exist_ok=True)
         naive = [
-            run_child("naive", str(model_dir), str(tmp / f"naive-{i}"), str(eval_file), str(alpha), *flags)
+            run_child(__file__, "naive", str(model_dir), str(tmp / f"naive-{i}"), str(eval_file), str(alpha), *flags)
             for i, alpha in enumerate(ALPHAS)
         ]
 
