@@ -42,7 +42,14 @@ from bakesteer.source import (
 )
 from bakesteer.validation import ValidationReport, reference_outputs, validate_checkpoint
 from bakesteer.vector import VECTOR_FILENAME, SteeringVector
-from bakesteer.writer import AtomicDirectory, check_output, normalise_modes, write_json, write_weights
+from bakesteer.writer import (
+    AtomicDirectory,
+    check_output,
+    normalise_modes,
+    save_tokenizer,
+    write_json,
+    write_weights,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -412,7 +419,7 @@ def convert(model: str, output: Path, options: ConvertOptions | None = None) -> 
             if spec.remote is not None:
                 write_remote_code(staging.path, spec, __version__)
             generation_config.save_pretrained(staging.path)
-            tokenizer.save_pretrained(staging.path)
+            save_tokenizer(tokenizer, staging.path)
         with timer.stage("validate"):
             report = validate_checkpoint(
                 staging.path,

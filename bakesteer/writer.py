@@ -325,6 +325,26 @@ def write_json(path: Path, data: dict[str, Any]) -> None:
     path.write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
 
 
+#: Keys transformers copies from how a tokenizer was *loaded* into the ``tokenizer_config.json`` it saves:
+#: ``local_files_only`` follows ``HF_HUB_OFFLINE``, so the same conversion would otherwise differ between shells.
+LOAD_ONLY_TOKENIZER_KEYS = ("local_files_only",)
+
+
+def save_tokenizer(tokenizer: Any, directory: Path) -> None:
+    """``tokenizer.save_pretrained(directory)`` without the load-time flags of :data:`LOAD_ONLY_TOKENIZER_KEYS`."""
+    tokenizer.save_pretrained(directory)
+    path = directory / "tokenizer_config.json"
+    if not path.is_file():
+        return
+    text = path.read_text(encoding="utf-8")
+    config = json.loads(text)
+    if any(key in config for key in LOAD_ONLY_TOKENIZER_KEYS):
+        for key in LOAD_ONLY_TOKENIZER_KEYS:
+            config.pop(key, None)
+        indent = 2 if text.startswith("{\n  ") else None
+        path.write_text(json.dumps(config, indent=indent, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
 def normalise_modes(directory: Path) -> None:
     """Give written files the usual mode (0666 less the umask): safetensors creates its files 0600."""
     umask = os.umask(0)

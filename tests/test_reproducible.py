@@ -181,3 +181,19 @@ def test_a_gguf_source_converts_and_is_recorded(llama_dir: Path, prompt_files, t
     card = ModelCard.load(result.output / "README.md").text
     assert "The source was the GGUF file `tiny.F32.gguf` (F32, SHA-256 `" in card
     assert "dequantized to float32" in card
+
+
+def test_saved_tokenizer_config_does_not_record_how_it_was_loaded(
+    llama_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """transformers writes ``local_files_only`` (which follows HF_HUB_OFFLINE) into the tokenizer config it saves:
+    the same conversion would differ between an offline and an online shell."""
+    import huggingface_hub.constants as c
+
+    options = ConvertOptions(alpha=1.0, probes=2, greedy_tokens=4)
+    offline = convert(str(llama_dir), tmp_path / "offline", options).output
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setattr(c, "HF_HUB_OFFLINE", False)
+    online = convert(str(llama_dir), tmp_path / "online", options).output
+    assert _files(offline) == _files(online)
+    assert "local_files_only" not in json.loads((offline / "tokenizer_config.json").read_text())
