@@ -24,7 +24,7 @@ from bakesteer.errors import EvaluationError
 from bakesteer.measure import base_reading, concept_probe, run_metrics, run_outputs, run_samples
 from bakesteer.options import ConvertOptions
 from bakesteer.prompts import PromptSet, load_prompt_set
-from bakesteer.source import ModelSource
+from bakesteer.source import ModelSource, free_memory
 from bakesteer.vector import VECTOR_FILENAME, SteeringVector
 
 logger = logging.getLogger(__name__)
@@ -91,14 +91,6 @@ class EvalReport:
         }
 
 
-def _collect() -> None:
-    import gc
-
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-
-
 def evaluate_pair(
     directory: Path,
     base_source: ModelSource,
@@ -128,11 +120,6 @@ def evaluate_pair(
     from bakesteer.sweep import measurement_inputs
 
     started = time.perf_counter()
-    kwargs = {
-        "max_new_tokens": options.max_new_tokens,
-        "batch_size": options.batch_size,
-        "generation_batch_size": options.generation_batch_size,
-    }
     model: Any = AutoModelForCausalLM.from_pretrained(
         directory, dtype=dtype, use_safetensors=True, trust_remote_code=trust_remote_code
     )
@@ -140,14 +127,14 @@ def evaluate_pair(
     tokenizer: Any = AutoTokenizer.from_pretrained(directory)
     tokenizer.padding_side = "left"
     inputs = measurement_inputs(tokenizer, model, options, positive, negative)
-    steered = run_outputs(model, tokenizer, inputs, **kwargs)
+    steered = run_outputs(model, tokenizer, inputs, options)
     del model
-    _collect()
+    free_memory()
 
     spec = spec_for(load_config(base_source), allow_remote_code=True)
     base, _ = load_model(base_source, dtype, device)
     try:
-        base_run = run_outputs(base, tokenizer, inputs, **kwargs)
+        base_run = run_outputs(base, tokenizer, inputs, options)
         probe = concept_probe(base, spec, inputs, vector.directions, band, batch_size=options.batch_size)
         readings = {
             who: base_reading(base, spec, tokenizer, inputs, run, probe, batch_size=options.batch_size)
@@ -155,7 +142,7 @@ def evaluate_pair(
         }
     finally:
         del base
-        _collect()
+        free_memory()
     runs = {"model": steered, "base": base_run}
     return EvalReport(
         alpha=alpha,
@@ -254,7 +241,7 @@ def evaluate(directory: Path, *, base: str | None = None, options: ConvertOption
     with tempfile.TemporaryDirectory(prefix=".bakesteer-eval-") as scratch:
         if source.gguf_file:
             source = materialize_gguf(source, dtype, Path(scratch))
-            _collect()
+            free_memory()
         return evaluate_pair(
             directory,
             source,

@@ -253,29 +253,28 @@ def run_outputs(
     model: Any,
     tokenizer: Any,
     inputs: EvalInputs,
+    options: Any,
     *,
-    max_new_tokens: int,
-    batch_size: int,
-    generation_batch_size: int,
     reference_perplexity: float | None = None,
 ) -> RunOutputs:
     """Everything ``model`` (in whatever steering state the caller set up) produces on ``inputs``.
 
     Args:
+        options: A ``ConvertOptions``: ``max_new_tokens``, ``batch_size`` and ``generation_batch_size`` are read.
         reference_perplexity: A known perplexity of the reference text for this steering state (last-token steering
             reads the text as generated tokens, which is broadcast steering): skip measuring it again.
     """
     from bakesteer.validation import last_token_logits
 
     first = last_token_logits(
-        model, inputs.heldout_ids, batch_size=batch_size, pad_id=inputs.pad_id, desc="first-token logits"
+        model, inputs.heldout_ids, batch_size=options.batch_size, pad_id=inputs.pad_id, desc="first-token logits"
     )
     everything = [seq for name in SETS for seq in inputs.ids[name]]
     generated = greedy_completions(
         model,
         everything,
-        max_new_tokens=max_new_tokens,
-        batch_size=generation_batch_size,
+        max_new_tokens=options.max_new_tokens,
+        batch_size=options.generation_batch_size,
         pad_id=inputs.pad_id,
         eos_ids=inputs.eos_ids,
     )
@@ -290,7 +289,7 @@ def run_outputs(
     }
     if reference_perplexity is None:
         nll, count = continuation_nll(
-            model, inputs.reference, [1] * len(inputs.reference), batch_size=batch_size, pad_id=inputs.pad_id
+            model, inputs.reference, [1] * len(inputs.reference), batch_size=options.batch_size, pad_id=inputs.pad_id
         )
         reference_perplexity = perplexity(nll, count)
     return RunOutputs(first, completions, texts, reference_perplexity)

@@ -34,6 +34,7 @@ from bakesteer.options import ConvertOptions, check_alpha_for_model, parse_layer
 from bakesteer.prompts import PromptSet, load_prompt_set, render_prompts
 from bakesteer.source import (
     ModelSource,
+    free_memory,
     load_config,
     load_model,
     resolve_device,
@@ -118,13 +119,6 @@ class _Timer:
             yield
         finally:
             self.stages[name] = round(time.perf_counter() - start, 3)
-
-
-def _collect() -> None:
-    """Return freed memory now (call after the last reference to a model is deleted)."""
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
 
 
 def interleave(positive: tuple[str, ...], negative: tuple[str, ...], count: int) -> list[str]:
@@ -227,7 +221,7 @@ def compute_vector(model: str, output: Path, options: ConvertOptions | None = No
         loaded, tokenizer, _, _ = _load(source, options)
         vector = calibrate(loaded, tokenizer, spec, positive, negative, options)
         del loaded
-        _collect()
+        free_memory()
     vector.info["source"] = source.describe()
     vector.info["bakesteer_version"] = __version__
     partial = output.with_name(f".{output.name}.partial")
@@ -335,14 +329,14 @@ def load_for_measurement(
     negative = load_prompt_set(options.negative, "negative")
     if source.gguf_file:
         source = materialize_gguf(source, resolve_dtype(options.dtype, source), scratch)
-        _collect()
+        free_memory()
     loaded, tokenizer, dtype, device = _load(source, options)
     try:
         vector = vector_file or calibrate(loaded, tokenizer, spec, positive, negative, options)
         yield Loaded(loaded, tokenizer, spec, vector, band, positive, negative, source, dtype, device)
     finally:
         del loaded
-        _collect()
+        free_memory()
 
 
 def convert(model: str, output: Path, options: ConvertOptions | None = None) -> ConvertResult:
@@ -384,7 +378,7 @@ def convert(model: str, output: Path, options: ConvertOptions | None = None) -> 
         if source.gguf_file:
             with timer.stage("dequantize"):
                 source = materialize_gguf(source, resolve_dtype(options.dtype, source), staging.scratch)
-                _collect()
+                free_memory()
         with timer.stage("load"):
             loaded, tokenizer, dtype, device = _load(source, options)
         if vector_file is None:
@@ -411,7 +405,7 @@ def convert(model: str, output: Path, options: ConvertOptions | None = None) -> 
             reference = reference_outputs(loaded, spec, offsets, probes, **io)
         generation_config = loaded.generation_config
         del loaded  # the source model is gone before the written checkpoint is loaded: one model at a time
-        _collect()
+        free_memory()
 
         with timer.stage("write"):
             written = write_weights(source.directory, source.weight_files, source.index_file, plan, staging.path, dtype)

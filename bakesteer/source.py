@@ -333,6 +333,15 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+def free_memory() -> None:
+    """Return freed memory now (call after the last reference to a model is deleted)."""
+    import gc
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
 def load_model(source: ModelSource, dtype: torch.dtype, device: torch.device) -> tuple[Any, Any]:
     """Load the ``*ForCausalLM`` model (eval mode, on ``device``) and its tokenizer with plain transformers."""
     from transformers import AutoModelForCausalLM, AutoTokenizer

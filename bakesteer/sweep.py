@@ -240,15 +240,10 @@ class _Measurer:
         options: ConvertOptions,
     ) -> None:
         self.model, self.tokenizer, self.spec, self.inputs, self.options = model, tokenizer, spec, inputs, options
-        self.kwargs = {
-            "max_new_tokens": options.max_new_tokens,
-            "batch_size": options.batch_size,
-            "generation_batch_size": options.generation_batch_size,
-        }
         self.probe: ConceptProbe = concept_probe(
             model, spec, inputs, vector.directions, band, batch_size=options.batch_size
         )
-        self.base: RunOutputs = run_outputs(model, tokenizer, inputs, **self.kwargs)
+        self.base: RunOutputs = run_outputs(model, tokenizer, inputs, options)
         self.base_run = self.measure(self.base)
 
     def measure(self, run: RunOutputs) -> tuple[dict[str, Any], list[dict[str, str]]]:
@@ -260,7 +255,7 @@ class _Measurer:
     def steered(self, offsets: torch.Tensor, mode: str, *, reference_perplexity: float | None) -> RunOutputs:
         with steering(self.model, self.spec, offsets, mode=mode):
             return run_outputs(
-                self.model, self.tokenizer, self.inputs, reference_perplexity=reference_perplexity, **self.kwargs
+                self.model, self.tokenizer, self.inputs, self.options, reference_perplexity=reference_perplexity
             )
 
 
