@@ -28,9 +28,15 @@ test: install
 test-slow: install
 	$(BIN)/python -m pytest -q -m slow
 
-lint: install
+$(VENV)/.lint-installed: $(VENV)/.installed
+	$(BIN)/pip install -q -e ".[dev,lint]"
+	touch $@
+
+# actionlint runs shellcheck and pyflakes on the workflow's `run:` scripts; both come from the `lint` extra.
+lint: $(VENV)/.lint-installed
 	$(BIN)/ruff check bakesteer tests benchmarks
 	$(BIN)/mypy
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/actionlint -no-color -pyflakes "$(BIN)/python -m pyflakes"
 
 bench: install
 	$(BIN)/python benchmarks/convert.py
