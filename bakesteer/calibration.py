@@ -16,6 +16,7 @@ from torch import nn
 from bakesteer.architectures import ArchitectureSpec
 from bakesteer.batching import left_padded_batches
 from bakesteer.hooks import decoder_layers, layer_hooks
+from bakesteer.placement import input_device
 from bakesteer.progress import bar
 
 logger = logging.getLogger(__name__)
@@ -56,7 +57,7 @@ def residual_statistics(
     """
     num_layers = len(decoder_layers(model, spec))
     d_model = int(model.config.get_text_config().hidden_size)  # type: ignore[union-attr,operator]
-    device = next(model.parameters()).device
+    device = input_device(model)
     norm_sum = torch.zeros(num_layers, dtype=torch.float64)
     last_sum = torch.zeros(num_layers, d_model, dtype=torch.float64)
     state: dict[str, torch.Tensor] = {}
@@ -139,7 +140,7 @@ def sequence_residuals(
     if reduce == "mean" and any(len(s) < 2 for s in sequences):
         raise ValueError("a mean residual excluding position 0 needs sequences of at least two tokens")
     d_model = int(model.config.get_text_config().hidden_size)  # type: ignore[union-attr,operator]
-    device = next(model.parameters()).device
+    device = input_device(model)
     slot = {layer: i for i, layer in enumerate(layers)}
     out = torch.zeros(len(sequences), len(layers), d_model, dtype=torch.float64)
     state: dict[str, Any] = {}

@@ -63,7 +63,8 @@ def _click_option(f: dataclasses.Field[Any]) -> Callable[[F], F]:
     elif meta.get("choices"):
         kwargs["type"] = click.Choice(meta["choices"])
     elif meta.get("path"):
-        kwargs["type"] = click.Path(path_type=Path, dir_okay=False)
+        folder = bool(meta.get("directory"))
+        kwargs["type"] = click.Path(path_type=Path, dir_okay=folder, file_okay=not folder)
         kwargs["show_default"] = False
     elif kind is bool and "/" not in flag:
         kwargs["is_flag"] = True
@@ -339,7 +340,7 @@ def sweep(
     help="Write the full report (metrics and every completion) as JSON to this file.",
 )
 @options_from("calibration", only=("positive", "negative"))
-@options_from("runtime", only=("dtype", "device", "batch_size"))
+@options_from("runtime", only=("dtype", "device", "device_map", "max_memory", "offload_folder", "batch_size"))
 @options_from("measure")
 @common_flags
 def eval_(directory: Path, base: str | None, output: Path | None, quiet: bool, debug: bool, **values: Any) -> None:

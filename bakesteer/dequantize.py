@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from bakesteer.placement import Placement
 from bakesteer.source import ModelSource, load_model
 from bakesteer.writer import save_state_dict
 
@@ -26,7 +27,7 @@ def materialize_gguf(source: ModelSource, dtype: torch.dtype, directory: Path) -
     Returns:
         A source of the same kind, model id and revision whose files are in ``directory``.
     """
-    model, tokenizer = load_model(source, torch.float32, torch.device("cpu"))
+    model, tokenizer = load_model(source, torch.float32, Placement(torch.device("cpu")))
     state = {key: (t.to(dtype) if t.is_floating_point() else t) for key, t in model.state_dict().items()}
     files, index = save_state_dict(state, directory)
     config = copy.deepcopy(model.config)

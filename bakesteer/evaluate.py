@@ -23,6 +23,7 @@ from bakesteer.card import METADATA_FILENAME
 from bakesteer.errors import EvaluationError
 from bakesteer.measure import base_reading, concept_probe, run_metrics, run_outputs, run_samples
 from bakesteer.options import ConvertOptions
+from bakesteer.placement import Placement, load_causal_lm, placement_from
 from bakesteer.prompts import PromptSet, load_prompt_set
 from bakesteer.source import ModelSource, free_memory
 from bakesteer.vector import VECTOR_FILENAME, SteeringVector
@@ -100,7 +101,7 @@ def evaluate_pair(
     positive: PromptSet,
     negative: PromptSet,
     dtype: torch.dtype,
-    device: torch.device,
+    placement: Placement,
     trust_remote_code: bool,
     options: ConvertOptions,
     alpha: float,
@@ -113,17 +114,14 @@ def evaluate_pair(
         vector: The checkpoint's ``steering.safetensors`` (its directions scale the concept score).
         options: ``chat_template``, ``eval_prompts``, ``max_new_tokens``, the batch sizes.
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     from bakesteer.architectures import spec_for
     from bakesteer.source import load_config, load_model
     from bakesteer.sweep import measurement_inputs
 
     started = time.perf_counter()
-    model: Any = AutoModelForCausalLM.from_pretrained(
-        directory, dtype=dtype, use_safetensors=True, trust_remote_code=trust_remote_code
-    )
-    model.to(device).eval()
+    model = load_causal_lm(directory, dtype, placement, use_safetensors=True, trust_remote_code=trust_remote_code)
     tokenizer: Any = AutoTokenizer.from_pretrained(directory)
     tokenizer.padding_side = "left"
     inputs = measurement_inputs(tokenizer, model, options, positive, negative)
@@ -132,7 +130,7 @@ def evaluate_pair(
     free_memory()
 
     spec = spec_for(load_config(base_source), allow_remote_code=True)
-    base, _ = load_model(base_source, dtype, device)
+    base, _ = load_model(base_source, dtype, placement)
     try:
         base_run = run_outputs(base, tokenizer, inputs, options)
         probe = concept_probe(base, spec, inputs, vector.directions, band, batch_size=options.batch_size)
@@ -199,7 +197,7 @@ def evaluate(directory: Path, *, base: str | None = None, options: ConvertOption
         BakesteerError: any other bad input.
     """
     from bakesteer.dequantize import materialize_gguf
-    from bakesteer.source import DTYPES, resolve_device, resolve_source
+    from bakesteer.source import DTYPES, resolve_source
 
     options = options or ConvertOptions()
     directory = Path(directory)
@@ -250,7 +248,7 @@ def evaluate(directory: Path, *, base: str | None = None, options: ConvertOption
             positive=positive,
             negative=negative,
             dtype=dtype,
-            device=resolve_device(options.device),
+            placement=placement_from(options).with_offload_folder(Path(scratch) / "offload"),
             trust_remote_code=meta["architecture"]["strategy"] == "remote_code",
             options=options,
             alpha=float(meta["method"]["k"]),

@@ -44,6 +44,7 @@ from bakesteer.metrics import (
     repetition_rate,
     scaled_projection,
 )
+from bakesteer.placement import input_device
 from bakesteer.prompts import PromptSet, render_prompts
 
 logger = logging.getLogger(__name__)
@@ -171,10 +172,6 @@ def prepare_inputs(
 # --------------------------------------------------------------------------- what a model produces
 
 
-def _device(model: Any) -> torch.device:
-    return next(model.parameters()).device
-
-
 @torch.no_grad()
 def greedy_completions(
     model: Any,
@@ -198,7 +195,7 @@ def greedy_completions(
         pad_token_id=pad_id,
         use_cache=True,
     )
-    device = _device(model)
+    device = input_device(model)
     out: dict[int, list[int]] = {}
     for batch in left_padded_batches(sequences, batch_size, pad_id):
         batch = batch.to(device)
@@ -223,7 +220,7 @@ def continuation_nll(
     Only the positions that predict a scored token go through the LM head (``logits_to_keep``): a prompt's
     positions cost the decoder stack, not a ``[tokens, vocab]`` projection.
     """
-    device = _device(model)
+    device = input_device(model)
     total, count = 0.0, 0
     for batch in left_padded_batches(sequences, batch_size, pad_id):
         batch = batch.to(device)

@@ -17,13 +17,26 @@ from typing import Any
 from bakesteer.errors import OptionError
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
+#: ``--device-map`` values: accelerate's strategies, and ``cpu`` (everything in CPU memory, through accelerate).
+DEVICE_MAPS = ("auto", "balanced", "balanced_low_0", "sequential", "cpu")
 DEFAULT_LAYERS = "0.4:0.9"
 #: ``--alpha auto``: sweep a grid on the side given by ``--direction`` and keep the strongest k within the limits
 #: of :mod:`bakesteer.sweep`.
 AUTO = "auto"
 DIRECTIONS = ("positive", "negative")
 #: Options that do not shape the output directory, so ``bakesteer.json`` does not record them.
-NOT_RECORDED = ("overwrite", "push_to_hub", "private", "push_branch", "commit_message", "force_push")
+NOT_RECORDED = (
+    "overwrite",
+    "push_to_hub",
+    "private",
+    "push_branch",
+    "commit_message",
+    "force_push",
+    # where the weights lived while converting: the output is bit-identical either way (tested)
+    "device_map",
+    "max_memory",
+    "offload_folder",
+)
 
 
 def _opt(default: Any, help: str, *, group: str, flag: str | None = None, **extra: Any) -> Any:
@@ -99,6 +112,27 @@ class ConvertOptions:
     )
     device: str = _opt(
         "cpu", "Torch device for calibration and validation (cpu, cuda, cuda:1, mps, auto).", group="runtime"
+    )
+    device_map: str | None = _opt(
+        None,
+        "Let accelerate place the model: auto, balanced, balanced_low_0, sequential or cpu (layers over the GPUs, "
+        "then CPU memory, then disk). Without it the model is loaded whole onto --device.",
+        group="runtime",
+        choices=DEVICE_MAPS,
+    )
+    max_memory: str | None = _opt(
+        None,
+        "Memory per device for --device-map, e.g. 0=70GiB,1=70GiB,cpu=200GiB; what fits nowhere is offloaded to "
+        "disk. Implies --device-map auto.",
+        group="runtime",
+    )
+    offload_folder: Path | None = _opt(
+        None,
+        "Where --device-map offloads layers to disk (default: a scratch folder beside the output, deleted after). "
+        "Implies --device-map auto.",
+        group="runtime",
+        path=True,
+        directory=True,
     )
     batch_size: int = _opt(8, "Prompts per forward pass. Results do not depend on it.", group="runtime")
     seed: int = _opt(0, "Seed for torch (recorded; the method itself is deterministic).", group="runtime")
@@ -189,6 +223,17 @@ class ConvertOptions:
             raise OptionError(
                 "--direction", self.direction, reason="unknown side", hint=f"use one of {', '.join(DIRECTIONS)}"
             )
+        if self.device_map is not None and self.device_map not in DEVICE_MAPS:
+            raise OptionError(
+                "--device-map",
+                self.device_map,
+                reason="unknown device map",
+                hint=f"use one of {', '.join(DEVICE_MAPS)}",
+            )
+        if self.max_memory is not None:
+            from bakesteer.placement import parse_max_memory
+
+            parse_max_memory(self.max_memory)
         for name in ("batch_size", "probes", "greedy_tokens", "max_new_tokens", "generation_batch_size"):
             if int(getattr(self, name)) < 1:
                 flag = "--" + name.replace("_", "-")

@@ -31,13 +31,13 @@ from bakesteer.card import METADATA_FILENAME, source_license, write_card
 from bakesteer.dequantize import materialize_gguf
 from bakesteer.fingerprint import metadata_fingerprint
 from bakesteer.options import ConvertOptions, check_alpha_for_model, parse_layers
+from bakesteer.placement import Placement, placement_from
 from bakesteer.prompts import PromptSet, load_prompt_set, render_prompts
 from bakesteer.source import (
     ModelSource,
     free_memory,
     load_config,
     load_model,
-    resolve_device,
     resolve_dtype,
     resolve_source,
 )
@@ -188,12 +188,13 @@ def _vector_file(options: ConvertOptions, config: Any) -> SteeringVector | None:
     return vector
 
 
-def _load(source: ModelSource, options: ConvertOptions) -> tuple[Any, Any, torch.dtype, torch.device]:
+def _load(source: ModelSource, options: ConvertOptions, scratch: Path) -> tuple[Any, Any, torch.dtype, Placement]:
+    """Load the source as ``options`` place it (a device map offloads into ``scratch`` unless told otherwise)."""
     torch.manual_seed(options.seed)
     dtype = resolve_dtype(options.dtype, source)
-    device = resolve_device(options.device)
-    model, tokenizer = load_model(source, dtype, device)
-    return model, tokenizer, dtype, device
+    placement = placement_from(options).with_offload_folder(scratch / "offload")
+    model, tokenizer = load_model(source, dtype, placement)
+    return model, tokenizer, dtype, placement
 
 
 def compute_vector(model: str, output: Path, options: ConvertOptions | None = None) -> SteeringVector:
@@ -218,7 +219,7 @@ def compute_vector(model: str, output: Path, options: ConvertOptions | None = No
     with tempfile.TemporaryDirectory(prefix=".bakesteer-", dir=output.absolute().parent) as scratch:
         if source.gguf_file:
             source = materialize_gguf(source, resolve_dtype(options.dtype, source), Path(scratch))
-        loaded, tokenizer, _, _ = _load(source, options)
+        loaded, tokenizer, _, _ = _load(source, options, Path(scratch))
         vector = calibrate(loaded, tokenizer, spec, positive, negative, options)
         del loaded
         free_memory()
@@ -302,7 +303,7 @@ class Loaded:
     negative: PromptSet
     source: ModelSource
     dtype: torch.dtype
-    device: torch.device
+    placement: Placement
 
     @property
     def name(self) -> str:
@@ -330,10 +331,10 @@ def load_for_measurement(
     if source.gguf_file:
         source = materialize_gguf(source, resolve_dtype(options.dtype, source), scratch)
         free_memory()
-    loaded, tokenizer, dtype, device = _load(source, options)
+    loaded, tokenizer, dtype, placement = _load(source, options, scratch)
     try:
         vector = vector_file or calibrate(loaded, tokenizer, spec, positive, negative, options)
-        yield Loaded(loaded, tokenizer, spec, vector, band, positive, negative, source, dtype, device)
+        yield Loaded(loaded, tokenizer, spec, vector, band, positive, negative, source, dtype, placement)
     finally:
         del loaded
         free_memory()
@@ -380,7 +381,7 @@ def convert(model: str, output: Path, options: ConvertOptions | None = None) -> 
                 source = materialize_gguf(source, resolve_dtype(options.dtype, source), staging.scratch)
                 free_memory()
         with timer.stage("load"):
-            loaded, tokenizer, dtype, device = _load(source, options)
+            loaded, tokenizer, dtype, placement = _load(source, options, staging.scratch)
         if vector_file is None:
             with timer.stage("calibrate"):
                 vector = calibrate(loaded, tokenizer, spec, positive, negative, options)
@@ -402,7 +403,7 @@ def convert(model: str, output: Path, options: ConvertOptions | None = None) -> 
         probes = render_prompts(tokenizer, probe_prompts, chat_template=options.chat_template)
         io = {"batch_size": options.batch_size, "pad_id": pad_id, "greedy_tokens": options.greedy_tokens}
         with timer.stage("reference"):
-            reference = reference_outputs(loaded, spec, offsets, probes, **io)
+            reference = reference_outputs(loaded, spec, offsets, probes, folder=staging.scratch, **io)
         generation_config = loaded.generation_config
         del loaded  # the source model is gone before the written checkpoint is loaded: one model at a time
         free_memory()
@@ -423,9 +424,10 @@ def convert(model: str, output: Path, options: ConvertOptions | None = None) -> 
                 config_updates=plan.config_updates,
                 trust_remote_code=spec.remote is not None,
                 alpha=k,
-                device=device,
+                placement=placement,
                 **io,
             )
+        reference.close()
         gc.collect()
         vector.save(staging.path / VECTOR_FILENAME, band=band, alpha=k)
         offset_norms = {layer: float(offsets[layer].norm()) for layer in range(*band)}
@@ -444,7 +446,7 @@ def convert(model: str, output: Path, options: ConvertOptions | None = None) -> 
                     positive=positive,
                     negative=negative,
                     dtype=dtype,
-                    device=device,
+                    placement=placement,
                     trust_remote_code=spec.remote is not None,
                     options=options,
                     alpha=k,

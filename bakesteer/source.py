@@ -14,11 +14,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 
 from bakesteer.errors import ModelNotFoundError, OptionError, UnsupportedCheckpointError
+
+if TYPE_CHECKING:
+    from bakesteer.placement import Placement
 
 logger = logging.getLogger(__name__)
 
@@ -342,14 +345,16 @@ def free_memory() -> None:
         torch.cuda.empty_cache()
 
 
-def load_model(source: ModelSource, dtype: torch.dtype, device: torch.device) -> tuple[Any, Any]:
-    """Load the ``*ForCausalLM`` model (eval mode, on ``device``) and its tokenizer with plain transformers."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def load_model(source: ModelSource, dtype: torch.dtype, placement: Placement) -> tuple[Any, Any]:
+    """Load the ``*ForCausalLM`` model (eval mode, placed by ``placement``) and its tokenizer with plain
+    transformers."""
+    from transformers import AutoTokenizer
+
+    from bakesteer.placement import load_causal_lm
 
     kwargs: dict[str, Any] = {"gguf_file": source.gguf_file} if source.gguf_file else {"use_safetensors": True}
-    logger.info("loading %s (%s) as %s on %s", source.model_id, source.kind, dtype, device)
-    model: Any = AutoModelForCausalLM.from_pretrained(source.directory, dtype=dtype, **kwargs)
-    model.to(device).eval()
+    logger.info("loading %s (%s) as %s, %s", source.model_id, source.kind, dtype, placement)
+    model = load_causal_lm(source.directory, dtype, placement, **kwargs)
     tokenizer = AutoTokenizer.from_pretrained(source.directory, **kwargs)
     tokenizer.padding_side = "left"
     return model, tokenizer

@@ -8,6 +8,8 @@ Tolerances: in float32 the relative logit difference ``max|baked - hooked| / max
 In bf16/fp16 no fixed constant is meaningful, so the bound comes from a floor measured in the same run: the hooked
 model in low precision against the same hooked model in float32. Both the baked and the hooked low-precision models
 are about one floor away from the float32 truth, so by the triangle inequality they may differ by up to two floors.
+The float32 pass runs one unit (decoder block, embedding, head) in float32 at a time (:func:`float32_units`): the
+floor costs one forward pass, not a float32 copy of the model.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,7 +28,8 @@ from torch import nn
 from bakesteer.architectures import ArchitectureSpec
 from bakesteer.batching import Batch, left_padded_batches
 from bakesteer.errors import ValidationError
-from bakesteer.hooks import steering
+from bakesteer.hooks import decoder_layers, steering
+from bakesteer.placement import Placement, input_device, load_causal_lm
 from bakesteer.progress import bar
 
 logger = logging.getLogger(__name__)
@@ -34,36 +38,104 @@ FP32_TOLERANCE = 1e-4
 FLOOR_FACTOR = 2.0
 
 
+#: Reference logits larger than this go to a scratch file instead of the heap (read back one probe at a time).
+SPILL_BYTES = 256 * 1024**2
+
+
+class LogitStore:
+    """The ``[tokens, vocab]`` float32 logits of concatenated probes, written and read one probe at a time.
+
+    Small stores are one tensor; from ``spill_bytes`` on they are an unlinked temporary file in ``folder``, so a
+    large reference (many probes, a 150k vocabulary) sits in the page cache, not in the process's memory, while the
+    source model is swapped for the written checkpoint.
+    """
+
+    def __init__(
+        self, lengths: list[int], vocab: int, *, folder: Path | None = None, spill_bytes: int = SPILL_BYTES
+    ) -> None:
+        self.lengths = list(lengths)
+        self.vocab = vocab
+        self.starts = _offsets_of_lengths(self.lengths)
+        size = self.starts[-1] * vocab * 4
+        self._file: Any = None
+        self._tensor: torch.Tensor | None = None
+        if size >= spill_bytes:
+            import tempfile
+
+            self._file = tempfile.TemporaryFile(dir=folder, prefix=".bakesteer-logits-")
+            self._file.truncate(size)
+        else:
+            self._tensor = torch.empty(self.starts[-1], vocab, dtype=torch.float32)
+
+    @property
+    def spilled(self) -> bool:
+        """Whether the logits live in a file."""
+        return self._file is not None
+
+    @property
+    def positions(self) -> int:
+        return self.starts[-1]
+
+    def put(self, index: int, rows: torch.Tensor) -> None:
+        """Store probe ``index``'s ``[length, vocab]`` float32 logits."""
+        if self._tensor is not None:
+            self._tensor[self.starts[index] : self.starts[index + 1]] = rows
+            return
+        self._file.seek(self.starts[index] * self.vocab * 4)
+        self._file.write(rows.contiguous().numpy().tobytes())
+
+    def get(self, index: int) -> torch.Tensor:
+        """Probe ``index``'s logits."""
+        if self._tensor is not None:
+            return self._tensor[self.starts[index] : self.starts[index + 1]]
+        count = self.lengths[index] * self.vocab
+        self._file.seek(self.starts[index] * self.vocab * 4)
+        data = bytearray(self._file.read(count * 4))
+        return torch.frombuffer(data, dtype=torch.float32).view(self.lengths[index], self.vocab)
+
+    def close(self) -> None:
+        """Release the file (or tensor)."""
+        if self._file is not None:
+            self._file.close()
+        self._file, self._tensor = None, None
+
+
 @dataclass
 class Outputs:
-    """Logits at every real token of the probes (float32, CPU, ``[tokens, vocab]``) and greedy continuations."""
+    """A model's outputs on the probes: every real token's logits (in a :class:`LogitStore`), each probe's
+    last-token logits, max |logit| and greedy continuations of the first two probes."""
 
-    logits: torch.Tensor
+    store: LogitStore
+    last: torch.Tensor
+    max_abs: float
     greedy: list[list[int]]
+
+    @property
+    def positions(self) -> int:
+        return self.store.positions
 
 
 @dataclass
 class Reference:
     """What the baked checkpoint is compared with.
 
-    Only the hooked logits are kept at every position; the rest is reduced as soon as it is measured, so the
-    reference costs one ``[tokens, vocab]`` tensor while the source model is swapped for the written one.
+    Only the hooked logits are kept at every position (spilled to a file when large); the rest is reduced as soon
+    as it is measured.
 
     Attributes:
         hooked: The source model with steering hooks, in the output dtype.
         base_last: The unhooked source model's logits at each probe's last token (a no-op bake must not pass).
-        lengths: Token count of each probe (rows of ``hooked.logits`` per probe).
         floor: ``max|hooked - hooked in float32| / max|hooked in float32|`` (``None`` when the output is float32).
-        floor_greedy_equal: Whether the float32 hooked model continues the same way (``None`` in float32).
         dtype: The output dtype.
     """
 
     hooked: Outputs
     base_last: torch.Tensor
-    lengths: list[int]
     floor: float | None
-    floor_greedy_equal: bool | None
     dtype: torch.dtype
+
+    def close(self) -> None:
+        self.hooked.store.close()
 
 
 @dataclass
@@ -76,7 +148,6 @@ class ValidationReport:
     tolerance: float
     tolerance_basis: str
     floor_relative: float | None
-    floor_greedy_equal: bool | None
     max_abs_logit: float
     max_abs_diff: float
     relative_diff: float
@@ -97,7 +168,7 @@ class ValidationReport:
 def _batches_logits(
     model: Any, probes: list[list[int]], *, batch_size: int, pad_id: int, desc: str, **forward: Any
 ) -> Iterator[tuple[Batch, torch.Tensor]]:
-    device = next(model.parameters()).device
+    device = input_device(model)
     total = -(-len(probes) // batch_size)
     for batch in bar(left_padded_batches(probes, batch_size, pad_id), desc=desc, total=total, unit="batch"):
         batch = batch.to(device)
@@ -136,7 +207,7 @@ def stream_logits(
 @torch.no_grad()
 def greedy_continuations(model: Any, probes: list[list[int]], *, pad_id: int, tokens: int) -> list[list[int]]:
     """``tokens`` greedily decoded tokens (KV cache on, EOS not allowed to stop early) after each probe."""
-    device = next(model.parameters()).device
+    device = input_device(model)
     out: dict[int, list[int]] = {}
     for batch in left_padded_batches(probes, len(probes), pad_id):
         batch = batch.to(device)
@@ -155,23 +226,34 @@ def greedy_continuations(model: Any, probes: list[list[int]], *, pad_id: int, to
     return [out[i] for i in range(len(probes))]
 
 
-def _offsets_of(probes: list[list[int]]) -> list[int]:
+def _offsets_of_lengths(lengths: list[int]) -> list[int]:
     starts = [0]
-    for probe in probes:
-        starts.append(starts[-1] + len(probe))
+    for length in lengths:
+        starts.append(starts[-1] + length)
     return starts
 
 
 def _outputs(
-    model: Any, probes: list[list[int]], *, batch_size: int, pad_id: int, greedy_tokens: int, desc: str
+    model: Any,
+    probes: list[list[int]],
+    *,
+    batch_size: int,
+    pad_id: int,
+    greedy_tokens: int,
+    desc: str,
+    folder: Path | None,
+    spill_bytes: int,
 ) -> Outputs:
-    starts = _offsets_of(probes)
     vocab = int(model.get_output_embeddings().weight.shape[0])
-    out = torch.empty(starts[-1], vocab, dtype=torch.float32)  # filled in place: no concatenation copy
+    store = LogitStore([len(p) for p in probes], vocab, folder=folder, spill_bytes=spill_bytes)
+    last = torch.empty(len(probes), vocab, dtype=torch.float32)
+    max_abs = 0.0
     for index, rows in stream_logits(model, probes, batch_size=batch_size, pad_id=pad_id, desc=desc):
-        out[starts[index] : starts[index + 1]] = rows
+        store.put(index, rows)
+        last[index] = rows[-1]
+        max_abs = max(max_abs, float(rows.abs().max()))
     greedy = greedy_continuations(model, probes[:2], pad_id=pad_id, tokens=greedy_tokens)
-    return Outputs(out, greedy)
+    return Outputs(store, last, max_abs, greedy)
 
 
 @dataclass
@@ -184,16 +266,13 @@ class Comparison:
     last: torch.Tensor
 
 
-def compare_logits(
-    stream: Iterator[tuple[int, torch.Tensor]], reference: torch.Tensor, probes: list[list[int]]
-) -> Comparison:
+def compare_logits(stream: Iterator[tuple[int, torch.Tensor]], reference: LogitStore) -> Comparison:
     """Max |difference|, summed KL(reference || stream) and each probe's last-token logits, one probe at a time
-    (the compared model's logits are never all in memory)."""
-    starts = _offsets_of(probes)
+    (neither model's logits are ever all in memory)."""
     max_diff, max_abs, kl_sum = 0.0, 0.0, 0.0
-    last = torch.empty(len(probes), reference.shape[1], dtype=torch.float32)
+    last = torch.empty(len(reference.lengths), reference.vocab, dtype=torch.float32)
     for index, rows in stream:
-        ref = reference[starts[index] : starts[index + 1]]
+        ref = reference.get(index)
         max_diff = max(max_diff, float((rows - ref).abs().max()))
         max_abs = max(max_abs, float(rows.abs().max()))
         kl_sum += kl_total(ref, rows)
@@ -201,10 +280,68 @@ def compare_logits(
     return Comparison(max_diff, max_abs, kl_sum, last)
 
 
-def last_rows(logits: torch.Tensor, lengths: list[int]) -> torch.Tensor:
-    """The row of each probe's last token in a ``[tokens, vocab]`` tensor of concatenated probes."""
-    ends = torch.tensor(lengths).cumsum(0) - 1
-    return logits[ends]
+@contextmanager
+def float32_units(model: nn.Module, spec: ArchitectureSpec) -> Iterator[None]:
+    """Run ``model`` in float32 one unit at a time, with no float32 copy of the whole model.
+
+    The units are the decoder blocks and every module outside them that holds parameters (embeddings, final norm,
+    LM head). A unit's low-precision parameters are cast to float32 just before its forward pass and back just
+    after (a float32 copy of a bf16/fp16 value casts back exactly), so at most one unit is in float32 at a time and
+    the activations flow in float32 from the embedding on. Float32 buffers and parameters are left alone. Under an
+    accelerate device map the cast applies to the ``meta`` placeholders of offloaded weights, which accelerate then
+    fills in float32 from the stored values.
+    """
+    layers = decoder_layers(model, spec)
+    inside = {id(m) for m in layers.modules()}
+    units = list(layers) + [
+        m for m in model.modules() if id(m) not in inside and next(m.parameters(recurse=False), None) is not None
+    ]
+    # the low-precision parameters of each unit, by name: accelerate replaces offloaded parameter objects (and
+    # unties shared ones) on every call, so the dtype to restore is remembered per name, once, up front
+    low = {
+        id(unit): {name: p.dtype for name, p in unit.named_parameters() if p.dtype in (torch.bfloat16, torch.float16)}
+        for unit in units
+    }
+
+    def up(module: nn.Module, args: Any) -> None:
+        for name in low[id(module)]:
+            param = module.get_parameter(name)
+            if param.dtype != torch.float32:
+                param.data = param.data.float()
+
+    def down(module: nn.Module, args: Any, output: Any) -> None:
+        for name, dtype in low[id(module)].items():
+            param = module.get_parameter(name)
+            if param.dtype != dtype:
+                param.data = param.data.to(dtype)
+
+    handles = []
+    _clear_tied_weight_caches(model)
+    try:
+        for unit in units:
+            handles.append(unit.register_forward_pre_hook(up))
+            handles.append(unit.register_forward_hook(down))
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+        for unit in units:  # a forward that raised inside a unit leaves it cast up
+            down(unit, None, None)
+        _clear_tied_weight_caches(model)
+
+
+def _clear_tied_weight_caches(model: nn.Module) -> None:
+    """Empty accelerate's per-device cache of offloaded tied weights (an embedding shared with the LM head).
+
+    The cache keeps the tensor that one hook loaded for the other to reuse, in the dtype it was loaded in; across a
+    change of dtype it would hand a float32 copy to a bf16 pass or the reverse. Emptied, it refills from the stored
+    weights in the parameters' current dtype.
+    """
+    for module in model.modules():
+        cache = getattr(getattr(module, "_hf_hook", None), "tied_params_map", None)
+        if cache:
+            for per_device in cache.values():
+                per_device.clear()
 
 
 def reference_outputs(
@@ -216,30 +353,37 @@ def reference_outputs(
     batch_size: int,
     pad_id: int,
     greedy_tokens: int,
+    folder: Path | None = None,
+    spill_bytes: int = SPILL_BYTES,
 ) -> Reference:
-    """Hooked and unhooked outputs of the source model, plus the hooked float32 floor for low precision.
+    """Hooked and unhooked outputs of the source model, plus the float32 floor of a low-precision model.
 
-    For a low-precision model this casts ``model`` to float32 in place (lossless; the caller frees it next).
+    Three passes over the probes at most: hooked (every position's logits and two greedy continuations), unhooked
+    (last-token logits only, for the no-op check) and, for bf16/fp16, hooked again with :func:`float32_units` (the
+    floor). Nothing is computed that validation does not compare or report.
+
+    Args:
+        folder: Where large reference logits spill to (see :class:`LogitStore`).
     """
     dtype = next(model.parameters()).dtype
-    lengths = [len(p) for p in probes]
-    kwargs = {"batch_size": batch_size, "pad_id": pad_id, "greedy_tokens": greedy_tokens}
+    kwargs = {"batch_size": batch_size, "pad_id": pad_id}
     with steering(model, spec, offsets):
-        hooked = _outputs(model, probes, desc="reference (hooked)", **kwargs)
-    base_last = last_token_logits(model, probes, batch_size=batch_size, pad_id=pad_id, desc="reference (base)")
-    floor, floor_greedy = None, None
+        hooked = _outputs(
+            model,
+            probes,
+            desc="reference (hooked)",
+            greedy_tokens=greedy_tokens,
+            folder=folder,
+            spill_bytes=spill_bytes,
+            **kwargs,
+        )
+    base_last = last_token_logits(model, probes, desc="reference (base)", **kwargs)
+    floor = None
     if dtype != torch.float32:
-        model.float()
-        with steering(model, spec, offsets):
-            exact = compare_logits(
-                stream_logits(model, probes, batch_size=batch_size, pad_id=pad_id, desc="reference (float32)"),
-                hooked.logits,
-                probes,
-            )
-            exact_greedy = greedy_continuations(model, probes[:2], pad_id=pad_id, tokens=greedy_tokens)
+        with steering(model, spec, offsets), float32_units(model, spec):
+            exact = compare_logits(stream_logits(model, probes, desc="reference (float32)", **kwargs), hooked.store)
         floor = exact.max_abs_diff / exact.max_abs
-        floor_greedy = exact_greedy == hooked.greedy
-    return Reference(hooked, base_last, lengths, floor, floor_greedy, dtype)
+    return Reference(hooked, base_last, floor, dtype)
 
 
 def relative_diff(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -295,7 +439,7 @@ def validate_checkpoint(
     config_updates: dict[str, Any] | None = None,
     trust_remote_code: bool = False,
     alpha: float,
-    device: torch.device,
+    placement: Placement,
     batch_size: int,
     pad_id: int,
     greedy_tokens: int,
@@ -307,19 +451,16 @@ def validate_checkpoint(
             bias absent after reload, logits beyond the tolerance, a
             float32 greedy mismatch, or a checkpoint that equals the base although ``alpha != 0``.
     """
-    from transformers import AutoModelForCausalLM
-
     if trust_remote_code:
         _check_plain_load_refused(directory)
-    loaded: Any = AutoModelForCausalLM.from_pretrained(
+    model, info = load_causal_lm(
         directory,
-        dtype=reference.dtype,
+        reference.dtype,
+        placement,
         use_safetensors=True,
         output_loading_info=True,
         trust_remote_code=trust_remote_code,
     )
-    model, info = loaded
-    model.to(device).eval()
     missing = sorted(info.get("missing_keys", []))
     unexpected = sorted(info.get("unexpected_keys", []))
     mismatched = [str(m) for m in info.get("mismatched_keys", [])]
@@ -333,34 +474,31 @@ def validate_checkpoint(
     if getattr(model.config, "quantization_config", None) or getattr(model, "hf_quantizer", None):
         config_problems.append("the reloaded model is quantized")
     baked = compare_logits(
-        stream_logits(model, probes, batch_size=batch_size, pad_id=pad_id, desc="validating"),
-        reference.hooked.logits,
-        probes,
+        stream_logits(model, probes, batch_size=batch_size, pad_id=pad_id, desc="validating"), reference.hooked.store
     )
     baked_greedy = greedy_continuations(model, probes[:2], pad_id=pad_id, tokens=greedy_tokens)
-    del model, loaded
+    del model
 
     tolerance, basis = tolerance_for(reference)
-    hooked = reference.hooked.logits
+    hooked = reference.hooked
     diff = baked.max_abs_diff
-    scale = float(hooked.abs().max())
+    scale = hooked.max_abs
     report = ValidationReport(
         dtype=str(reference.dtype).removeprefix("torch."),
         probes=len(probes),
-        positions=int(hooked.shape[0]),
+        positions=hooked.positions,
         tolerance=tolerance,
         tolerance_basis=basis,
         floor_relative=reference.floor,
-        floor_greedy_equal=reference.floor_greedy_equal,
         max_abs_logit=scale,
         max_abs_diff=diff,
         relative_diff=diff / scale,
-        mean_kl=baked.kl_sum / int(hooked.shape[0]),
+        mean_kl=baked.kl_sum / hooked.positions,
         greedy_tokens=greedy_tokens,
         greedy_equal=baked_greedy == reference.hooked.greedy,
         greedy_first_mismatch=_first_mismatch(baked_greedy, reference.hooked.greedy),
         base_relative_diff=relative_diff(baked.last, reference.base_last),
-        hooked_vs_base_relative_diff=relative_diff(last_rows(hooked, reference.lengths), reference.base_last),
+        hooked_vs_base_relative_diff=relative_diff(hooked.last, reference.base_last),
         missing_keys=missing,
         unexpected_keys=unexpected,
     )

@@ -1,8 +1,10 @@
 """Writing the output directory: atomically, by patching the source's safetensors files.
 
-Shards without a changed tensor are hard-linked (copied across filesystems); shards holding a bias that is added
-to are rewritten; new tensors go to one extra shard (or, for a single-file source, into the rewritten file, since a
-``model.safetensors`` beside an index makes transformers ignore the index). Only one shard is in memory at a time.
+Shards without a changed tensor are hard-linked (a streamed copy across filesystems); shards holding a bias that is
+added to are rewritten; new tensors go to one extra shard, ``model-steering-biases.safetensors``. A single-file source
+is linked the same way, as ``model-base.safetensors``, the first shard of a new index (no ``model.safetensors`` is
+written: beside an index, transformers would load it and ignore the biases). Only when a single file must change
+(a cast, a bias added to) is it rewritten whole, with the new tensors inside. Only one tensor is in memory at a time.
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ from bakesteer.source import INDEX_FILE, SINGLE_FILE
 logger = logging.getLogger(__name__)
 
 NEW_SHARD = "model-steering-biases.safetensors"
+#: A single-file source's ``model.safetensors``, linked unchanged as the first shard of the output's index.
+SINGLE_SOURCE_SHARD = "model-base.safetensors"
 
 
 class AtomicDirectory:
@@ -250,24 +254,31 @@ def write_weights(
     new_tensors = {key: value.to(dtype).contiguous() for key, value in plan.new.items()}
     if index_file is None:
         (name,) = weight_files
-        stream_rewrite(source_dir / name, out / SINGLE_FILE, plan=plan, dtype=dtype, extra=new_tensors)
-        return [SINGLE_FILE]
+        header, _ = read_header(source_dir / name)
+        if _needs_rewrite(header, plan, dtype) or not new_tensors:
+            stream_rewrite(source_dir / name, out / SINGLE_FILE, plan=plan, dtype=dtype, extra=new_tensors)
+            return [SINGLE_FILE]
+        # the source file stays as it is (linked) and becomes the first shard of an index; the biases are the
+        # second. No model.safetensors is written: beside an index, transformers would load it instead.
+        outputs = {name: SINGLE_SOURCE_SHARD}
+    else:
+        outputs = {name: name for name in weight_files}
 
     weight_map: dict[str, str] = {}
     total = 0
     for name in bar(weight_files, desc="writing shards", unit="shard"):
-        src = source_dir / name
+        src, target = source_dir / name, outputs[name]
         header, _ = read_header(src)
         if _needs_rewrite(header, plan, dtype):
-            keys, size = stream_rewrite(src, out / name, plan=plan, dtype=dtype)
+            keys, size = stream_rewrite(src, out / target, plan=plan, dtype=dtype)
         else:
-            _link_or_copy(src.resolve(), out / name)
+            _link_or_copy(src.resolve(), out / target)
             entries = _tensor_entries(header)
             keys = [k for k, _ in entries]
             size = sum(e["data_offsets"][1] - e["data_offsets"][0] for _, e in entries)
-        weight_map.update(dict.fromkeys(keys, name))
+        weight_map.update(dict.fromkeys(keys, target))
         total += size
-    written = list(weight_files)
+    written = list(outputs.values())
     if new_tensors:
         clash = set(weight_map) & set(new_tensors)
         if clash:

@@ -170,3 +170,20 @@ FIXTURES: dict[str, Callable[..., Path]] = {
         "Qwen3MoeConfig", **LLAMA_LIKE, head_dim=16, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32
     ),
 }
+
+
+def output_tensors(directory: Path) -> dict[str, Any]:
+    """Every weight tensor of a checkpoint directory, as transformers would find them (one file, or the index's
+    shards), by key."""
+    import json
+
+    from safetensors.torch import load_file
+
+    single = directory / "model.safetensors"
+    if single.is_file():
+        return load_file(single)
+    shards = sorted(set(json.loads((directory / "model.safetensors.index.json").read_text())["weight_map"].values()))
+    out: dict[str, Any] = {}
+    for shard in shards:
+        out.update(load_file(directory / shard))
+    return out

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from fixtures import output_tensors
 from safetensors import safe_open
 
 from bakesteer import ConvertOptions, __version__, convert
@@ -57,17 +58,16 @@ def test_baked_equals_hooked_and_differs_from_base(request, fixture: str, prompt
     config = json.loads((out / "config.json").read_text())
     assert config["mlp_bias"] is True
     assert config["tie_word_embeddings"] == (fixture == "llama_tied_dir")
-    with safe_open(str(out / "model.safetensors"), "pt") as f:
-        keys = set(f.keys())
-        assert ("lm_head.weight" in keys) == (fixture == "llama_dir")
-        for layer in range(5):
-            down = f.get_tensor(f"model.layers.{layer}.mlp.down_proj.bias")
-            if layer in range(*result.band):
-                torch.testing.assert_close(down, offsets[layer])  # float32 model: written exactly
-            else:
-                assert not down.any()
-            assert not f.get_tensor(f"model.layers.{layer}.mlp.gate_proj.bias").any()
-            assert not f.get_tensor(f"model.layers.{layer}.mlp.up_proj.bias").any()
+    tensors = output_tensors(out)
+    assert ("lm_head.weight" in tensors) == (fixture == "llama_dir")
+    for layer in range(5):
+        down = tensors[f"model.layers.{layer}.mlp.down_proj.bias"]
+        if layer in range(*result.band):
+            torch.testing.assert_close(down, offsets[layer])  # float32 model: written exactly
+        else:
+            assert not down.any()
+        assert not tensors[f"model.layers.{layer}.mlp.gate_proj.bias"].any()
+        assert not tensors[f"model.layers.{layer}.mlp.up_proj.bias"].any()
 
 
 def test_outputs_and_metadata(llama_dir: Path, prompt_files, tmp_path: Path) -> None:
@@ -82,7 +82,9 @@ def test_outputs_and_metadata(llama_dir: Path, prompt_files, tmp_path: Path) -> 
             "chat_template.jinja",
             "config.json",
             "generation_config.json",
-            "model.safetensors",
+            "model-base.safetensors",
+            "model-steering-biases.safetensors",
+            "model.safetensors.index.json",
             "steering.safetensors",
             "tokenizer.json",
             "tokenizer_config.json",
@@ -118,7 +120,7 @@ def test_outputs_and_metadata(llama_dir: Path, prompt_files, tmp_path: Path) -> 
         assert (meta_v["band_start"], meta_v["band_end"], meta_v["alpha"]) == ("1", "4", "1.0")
         assert f.get_tensor("directions").shape == (5, 64) and f.get_tensor("mu").shape == (5,)
         assert f.get_tensor("offsets")[0].abs().sum() == 0
-    assert oct((out / "model.safetensors").stat().st_mode & 0o777) != oct(0o600)
+    assert oct((out / "model-steering-biases.safetensors").stat().st_mode & 0o777) != oct(0o600)
 
 
 def test_alpha_zero_equals_base(llama_dir: Path, prompt_files, tmp_path: Path) -> None:
@@ -148,12 +150,10 @@ def test_vector_reuse_skips_calibration(llama_dir: Path, prompt_files, tmp_path:
     assert "calibrate" not in reused.timings and "calibrate" in direct.timings
     assert reused.metadata["method"]["vector_reused"] is True
     assert reused.metadata["calibration"]["positive"] == direct.metadata["calibration"]["positive"]
-    with (
-        safe_open(str(direct.output / "model.safetensors"), "pt") as a,
-        safe_open(str(reused.output / "model.safetensors"), "pt") as b,
-    ):
-        for key in a.keys():
-            torch.testing.assert_close(a.get_tensor(key), b.get_tensor(key), rtol=0, atol=0)
+    a, b = output_tensors(direct.output), output_tensors(reused.output)
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=0)
     assert vec.num_layers == 5
 
 
@@ -195,7 +195,7 @@ def test_existing_bias_is_added_to(models_dir: Path, prompt_files, tmp_path: Pat
     assert any(b.abs().sum() > 0 for b in before.values())  # random non-zero biases
     result = convert(str(src), tmp_path / "out", fast(prompt_files))
     offsets = SteeringVector.load(result.output / "steering.safetensors").offsets(result.band, 1.0)
-    with safe_open(str(result.output / "model.safetensors"), "pt") as f:
+    with safe_open(str(result.output / "model.safetensors"), "pt") as f:  # a bias added to: rewritten whole
         for i in range(5):
             torch.testing.assert_close(f.get_tensor(f"model.layers.{i}.mlp.down_proj.bias"), before[i] + offsets[i])
     assert result.metadata["architecture"]["config_updates"] == {}
@@ -213,11 +213,13 @@ def test_bfloat16_source_uses_a_measured_floor(models_dir: Path, prompt_files, t
     assert v.tolerance == pytest.approx(max(FLOOR_FACTOR * v.floor_relative, FP32_TOLERANCE))
     assert v.relative_diff <= v.tolerance
     assert json.loads((result.output / "config.json").read_text())["dtype"] == "bfloat16"
-    with safe_open(str(result.output / "model.safetensors"), "pt") as f:
-        assert {f.get_slice(k).get_dtype() for k in f.keys()} == {"BF16"}
-        offsets = SteeringVector.load(result.output / "steering.safetensors").offsets(result.band, 1.0)
-        # rounded once from float32
-        assert torch.equal(f.get_tensor("model.layers.3.mlp.down_proj.bias"), offsets[3].to(torch.bfloat16))
+    tensors = output_tensors(result.output)
+    assert {t.dtype for t in tensors.values()} == {torch.bfloat16}
+    offsets = SteeringVector.load(result.output / "steering.safetensors").offsets(result.band, 1.0)
+    # rounded once from float32
+    assert torch.equal(tensors["model.layers.3.mlp.down_proj.bias"], offsets[3].to(torch.bfloat16))
+    # a bf16 source needs no cast: its file is linked, the biases are the second shard
+    assert (result.output / "model-base.safetensors").stat().st_ino == (src / "model.safetensors").stat().st_ino
 
 
 def test_dtype_conversion(llama_dir: Path, prompt_files, tmp_path: Path) -> None:

@@ -31,7 +31,7 @@ def test_convert_push_download_reload(hub, llama_dir: Path, prompt_files, tmp_pa
     from huggingface_hub import ModelCard, snapshot_download
 
     result = convert(str(llama_dir), tmp_path / "out", fast(prompt_files, push_to_hub="me/steered"))
-    assert result.push.commit and "model.safetensors" in result.push.uploaded
+    assert result.push.commit and "model-steering-biases.safetensors" in result.push.uploaded
     downloaded = Path(snapshot_download("me/steered", cache_dir=str(tmp_path / "dl")))
     assert sorted(p.name for p in downloaded.iterdir()) == sorted(p.name for p in result.output.iterdir())
     assert torch.equal(_logits(downloaded), _logits(result.output))
@@ -59,9 +59,8 @@ def test_rerun_is_a_no_op_and_changes_commit(
     result = push(changed.output, "me/variants")
     assert result.commit and hub.state.commit_count == commits + 1
     assert "tokenizer.json" in result.unchanged  # the same tokenizer is not uploaded again
-    # the sharded push left shards and an index this single-file output lacks: they are deleted
-    assert "model.safetensors.index.json" in result.deleted
-    assert any(name.startswith("model-") for name in result.deleted)
+    # the sharded push left shards this output (one linked source file and the biases) lacks: they are deleted
+    assert "model-00001-of-00018.safetensors" in result.deleted and "model-base.safetensors" not in result.deleted
     _, files = hub.state.files("me/variants", "main")
     assert set(files) == {p.name for p in changed.output.iterdir()}
 
@@ -226,9 +225,9 @@ def test_push_keeps_files_bakesteer_did_not_write(hub, llama_dir: Path, prompt_f
     code, err = _cli("push", str(first), "me/notes", "--force")
     assert code == 0, err
     _, files = hub.state.files("me/notes", "main")
-    assert files["notes.md"][1] == b"mine" and files["data/plan.txt"][1] == b"x" and "model.safetensors" in files
+    assert files["notes.md"][1] == b"mine" and files["data/plan.txt"][1] == b"x" and "model-base.safetensors" in files
     recorded = json.loads(files["bakesteer.json"][1])["files"]
-    assert "model.safetensors" in recorded and "notes.md" not in recorded
+    assert "model-base.safetensors" in recorded and "notes.md" not in recorded
 
     # a later output that lacks one of the first's files: that file goes, the owner's stay
     second = convert(str(llama_dir), tmp_path / "b", fast(prompt_files, alpha=2.0)).output

@@ -113,8 +113,9 @@ def test_two_models_three_alphas_calibrate_once_each_and_rerun_skips(
         ConvertOptions(positive=prompt_files[0], negative=prompt_files[1], alpha=0.5, probes=4, greedy_tokens=4),
     )
     _, files = hub.state.files("me/llama-k0.5", "main")
-    (tmp_path / "pushed.safetensors").write_bytes(files["model.safetensors"][1])
-    pushed, local = load_file(tmp_path / "pushed.safetensors"), load_file(direct.output / "model.safetensors")
+    (tmp_path / "pushed.safetensors").write_bytes(files["model-steering-biases.safetensors"][1])
+    pushed = load_file(tmp_path / "pushed.safetensors")
+    local = load_file(direct.output / "model-steering-biases.safetensors")
     assert pushed.keys() == local.keys() and all(torch.equal(pushed[k], local[k]) for k in local)
     assert direct.metadata["fingerprint"] == data["variants"][1]["fingerprint"]
 

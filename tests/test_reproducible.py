@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
+from fixtures import output_tensors
 from safetensors import safe_open
 
 from bakesteer import ConvertOptions, convert
@@ -172,12 +173,10 @@ def test_a_gguf_source_converts_and_is_recorded(llama_dir: Path, prompt_files, t
         "dequantized_to": "float32",
     }
     # F32 dequantizes exactly, q/k rows un-permuted: every weight equals the original model's
-    with (
-        safe_open(str(llama_dir / "model.safetensors"), "pt") as original,
-        safe_open(str(result.output / "model.safetensors"), "pt") as baked,
-    ):
-        for key in original.keys():  # the original has no biases; the baked file adds them
-            assert torch.equal(original.get_tensor(key), baked.get_tensor(key)), key
+    baked = output_tensors(result.output)
+    with safe_open(str(llama_dir / "model.safetensors"), "pt") as original:
+        for key in original.keys():  # the original has no biases; the baked output adds them
+            assert torch.equal(original.get_tensor(key), baked[key]), key
     card = ModelCard.load(result.output / "README.md").text
     assert "The source was the GGUF file `tiny.F32.gguf` (F32, SHA-256 `" in card
     assert "dequantized to float32" in card

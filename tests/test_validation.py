@@ -14,6 +14,7 @@ from bakesteer.bake import bias_plan
 from bakesteer.errors import ValidationError
 from bakesteer.options import ConvertOptions
 from bakesteer.pipeline import calibrate
+from bakesteer.placement import Placement
 from bakesteer.prompts import load_prompt_set, render_prompts
 from bakesteer.source import find_weights
 from bakesteer.validation import reference_outputs, validate_checkpoint
@@ -50,7 +51,7 @@ def _write(src: Path, model, offsets: torch.Tensor, out: Path, *, set_flag: bool
 
 def _check(out: Path, reference, probes, keys, alpha: float = 1.0):
     return validate_checkpoint(
-        out, reference, probes, expected_keys=keys, alpha=alpha, device=torch.device("cpu"), **IO
+        out, reference, probes, expected_keys=keys, alpha=alpha, placement=Placement(torch.device("cpu")), **IO
     )
 
 
