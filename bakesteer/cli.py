@@ -6,6 +6,7 @@ Heavy imports (torch, transformers) happen inside the commands so ``bakesteer --
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 import sys
@@ -446,6 +447,14 @@ Exit status: 0 when every variant is published or up to date, 2 for a bad file o
     type=click.Path(path_type=Path, file_okay=False),
     help="Keep each converted output in this directory instead of deleting it after the push.",
 )
+@click.option(
+    "--plan-json",
+    is_flag=True,
+    help="A dry run that prints a GitHub Actions matrix on stdout, one entry per model and prompt set with something "
+    'to publish ({"include": [{"id", "model", "prompt_set", "source", "cache_key", "targets"}]}); '
+    "other output goes to stderr.",
+)
+@click.option("--group", help="Only this calibration group (an id from --plan-json): one CI job per group.")
 @common_flags
 def publish(
     variants_file: Path,
@@ -453,6 +462,8 @@ def publish(
     report: Path | None,
     work_dir: Path | None,
     keep_outputs: Path | None,
+    plan_json: bool,
+    group: str | None,
     quiet: bool,
     debug: bool,
 ) -> None:
@@ -466,21 +477,30 @@ def publish(
 
     def show(outcome: Any) -> None:
         if not quiet or outcome.status == "failed":
-            click.echo(_outcome_line(outcome), err=outcome.status == "failed")
+            click.echo(_outcome_line(outcome), err=plan_json or outcome.status == "failed")
 
     def action() -> Any:
         from bakesteer.publish import publish as run_publish
 
         return run_publish(
-            variants_file, dry_run=dry_run, work_dir=work_dir, keep_outputs=keep_outputs, on_outcome=show
+            variants_file,
+            dry_run=dry_run or plan_json,
+            work_dir=work_dir,
+            keep_outputs=keep_outputs,
+            on_outcome=show,
+            group=group,
         )
 
     result = _run(debug, action)
     if report is not None:
         result.write(report)
+    if plan_json:
+        from bakesteer.publish import plan_matrix
+
+        click.echo(json.dumps(plan_matrix(result), separators=(",", ":")))
     if not quiet:
         counts = ", ".join(f"{n} {status}" for status, n in sorted(result.counts().items()))
-        click.echo(f"{len(result.outcomes)} variants: {counts}; {result.calibrations} calibration(s)")
+        click.echo(f"{len(result.outcomes)} variants: {counts}; {result.calibrations} calibration(s)", err=plan_json)
     if result.failed:
         sys.exit(EXIT_SOME_FAILED)
 

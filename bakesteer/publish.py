@@ -44,7 +44,7 @@ from bakesteer.errors import BakesteerError, HubError
 from bakesteer.fingerprint import fingerprint_of
 from bakesteer.variants import Variant, load_variants
 
-__all__ = ["PublishReport", "Variant", "VariantOutcome", "load_variants", "publish"]
+__all__ = ["PublishReport", "Variant", "VariantOutcome", "load_variants", "plan_matrix", "publish"]
 
 logger = logging.getLogger(__name__)
 
@@ -140,6 +140,49 @@ def _raise_if_unreachable(err: BaseException) -> None:
         raise err
 
 
+def _only_group(variants: list[Variant], group: str, file: str) -> list[Variant]:
+    from bakesteer.errors import VariantsFileError
+
+    selected = [v for v in variants if v.group_id == group]
+    if not selected:
+        known = ", ".join(dict.fromkeys(v.group_id for v in variants))
+        raise VariantsFileError(file, reason=f"no calibration group {group!r}", hint=f"groups: {known}")
+    return selected
+
+
+def plan_matrix(report: PublishReport) -> dict[str, Any]:
+    """A GitHub Actions matrix with one entry per calibration group that has something to publish.
+
+    Args:
+        report: A dry run's report.
+
+    Returns:
+        ``{"include": [{"id", "model", "prompt_set", "source", "cache_key", "targets"}, ...]}`` in file order:
+        ``id`` selects the group (``publish --group``), ``source`` is the fingerprinted model and revision, and
+        ``cache_key`` a short hash of it for a per-job model cache.
+    """
+    import hashlib
+
+    entries: dict[str, dict[str, Any]] = {}
+    for outcome in report.outcomes:
+        if outcome.status != "would-publish":
+            continue
+        v, source = outcome.variant, outcome.source or {}
+        entry = entries.get(v.group_id)
+        if entry is None:
+            revision = f"{source.get('model_id')}@{source.get('revision')}"
+            entry = entries[v.group_id] = {
+                "id": v.group_id,
+                "model": v.label,
+                "prompt_set": v.prompt_set,
+                "source": revision,
+                "cache_key": hashlib.sha256(revision.encode()).hexdigest()[:16],
+                "targets": [],
+            }
+        entry["targets"].append(v.target)
+    return {"include": list(entries.values())}
+
+
 def _planned_fingerprint(variant: Variant, source: dict[str, Any], prompt_sha: dict[str, str]) -> str:
     return fingerprint_of(source, __version__, variant.options.to_dict(), prompt_sha)
 
@@ -152,6 +195,7 @@ def publish(
     keep_outputs: Path | None = None,
     token: str | None = None,
     on_outcome: Callable[[VariantOutcome], None] | None = None,
+    group: str | None = None,
 ) -> PublishReport:
     """Publish every variant of ``variants_file`` that is not already on the Hub with the same fingerprint.
 
@@ -163,12 +207,14 @@ def publish(
             it after the push.
         token: Defaults to ``HF_TOKEN`` or the stored login.
         on_outcome: Called with each variant's outcome as soon as it is known (the CLI prints it).
+        group: Only the variants of this calibration group (a :attr:`Variant.group_id`, as :func:`plan_matrix`
+            lists them): one CI job per group.
 
     Returns:
         A :class:`PublishReport`; a failed variant does not stop the others.
 
     Raises:
-        VariantsFileError: the file is invalid (nothing is done).
+        VariantsFileError: the file is invalid, or has no group ``group`` (nothing is done).
         HubError: ``HF_HUB_OFFLINE`` is set, or the token is missing or invalid (checked once, before anything is
             converted).
     """
@@ -178,6 +224,8 @@ def publish(
     from bakesteer.source import source_identity
 
     variants = load_variants(Path(variants_file))
+    if group is not None:
+        variants = _only_group(variants, group, Path(variants_file).name)
     report = PublishReport(dry_run=dry_run)
     check_online()  # even a dry run reads every target
     if not dry_run:

@@ -7,6 +7,7 @@ The format (TOML or YAML) is described in :mod:`bakesteer.publish` and ``bakeste
 from __future__ import annotations
 
 import dataclasses
+import re
 import typing
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,6 +60,13 @@ class Variant:
     @property
     def target(self) -> str:
         return f"{self.repo_id}@{self.branch}"
+
+    @property
+    def group_id(self) -> str:
+        """The calibration group as ``publish --group`` and ``--plan-json`` name it: ``g<N>-<model>-<prompt set>``
+        (letters, digits, ``._-`` only, so it can name a CI job and its artifacts)."""
+        short = Path(self.label).name.removesuffix(".gguf")
+        return f"g{self.group}-" + re.sub(r"[^A-Za-z0-9._-]+", "-", f"{short}-{self.prompt_set}").strip("-")
 
     @property
     def output_name(self) -> str:

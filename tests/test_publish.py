@@ -281,29 +281,39 @@ def test_yaml_and_toml_give_the_same_variants(tmp_path: Path) -> None:
     ]
 
 
-def test_shipped_example_and_workflow_stay_valid() -> None:
+def _workflow() -> dict[str, Any]:
     import yaml
 
+    return yaml.safe_load((ROOT / ".github" / "workflows" / "publish-variants.yml").read_text())
+
+
+def test_shipped_example_and_workflow_stay_valid() -> None:
+    """What actionlint (``make lint``) cannot know: the workflow's shape matches how bakesteer is meant to be run."""
     variants = load_variants(ROOT / "examples" / "variants.toml")
     assert len(variants) == 6 and len({v.target for v in variants}) == 6
-    assert len({v.group for v in variants}) == 2  # two calibrations
-    workflow = yaml.safe_load((ROOT / ".github" / "workflows" / "publish-variants.yml").read_text())
-    steps = [step for job in workflow["jobs"].values() for step in job["steps"]]
-    runs = "\n".join(step.get("run", "") for step in steps)
-    assert "bakesteer publish" in runs and "--dry-run" in runs and "--report" in runs
-    assert any(str(step.get("uses", "")).startswith("actions/cache") for step in steps)
-    # the token only where the Hub is read or written: never at the job level, never on the install step
-    job = next(iter(workflow["jobs"].values()))
-    assert "HF_TOKEN" not in job.get("env", {})
-    with_token = [step["name"] for step in steps if "HF_TOKEN" in step.get("env", {})]
-    assert with_token == ["Plan (dry run)", "Publish"]
-    # the default variants file exists; the cache has no fallback key (it would grow run after run)
+    assert len({v.group_id for v in variants}) == 2  # two calibrations: two publishing jobs
+    workflow = _workflow()
+    jobs = workflow["jobs"]
+    assert list(jobs) == ["plan", "publish", "report"]
+    assert jobs["publish"]["needs"] == "plan" and jobs["report"]["needs"] == ["plan", "publish"]
+    assert jobs["publish"]["strategy"]["matrix"] == "${{ fromJSON(needs.plan.outputs.matrix) }}"
+    assert jobs["publish"]["strategy"]["fail-fast"] is False
+    steps = {name: job["steps"] for name, job in jobs.items()}
+    plan_run = next(s["run"] for s in steps["plan"] if s.get("name") == "Plan (dry run)")
+    assert "--plan-json" in plan_run and "--report plan.json" in plan_run
+    publish_run = next(s["run"] for s in steps["publish"] if s.get("name") == "Publish")
+    assert '--group "$GROUP"' in publish_run and jobs["publish"]["env"]["GROUP"] == "${{ matrix.id }}"
+    # the token only where the Hub is read or written: never at the workflow or job level, never on an install step
+    assert "HF_TOKEN" not in workflow.get("env", {}) and all("HF_TOKEN" not in j.get("env", {}) for j in jobs.values())
+    with_token = [(job, s["name"]) for job, ss in steps.items() for s in ss if "HF_TOKEN" in s.get("env", {})]
+    assert with_token == [("plan", "Plan (dry run)"), ("publish", "Publish")]
+    # the default variants file exists; each job's cache holds one model, with no fallback key
     default = workflow[True]["workflow_dispatch"]["inputs"]["variants"]["default"]  # YAML 1.1 reads `on` as True
-    assert (ROOT / default).is_file() and job["env"]["VARIANTS"].endswith(f"'{default}' }}}}")
-    cache = next(step for step in steps if str(step.get("uses", "")).startswith("actions/cache"))
-    assert "restore-keys" not in cache["with"]
-    install = next(step for step in steps if step.get("name", "").startswith("Install bakesteer"))
-    assert "BAKESTEER_SPEC" in install["run"] and "pip install .\n" not in install["run"]
+    assert (ROOT / default).is_file() and workflow["env"]["VARIANTS"].endswith(f"'{default}' }}}}")
+    (cache,) = [s for ss in steps.values() for s in ss if str(s.get("uses", "")).startswith("actions/cache")]
+    assert "restore-keys" not in cache["with"] and "matrix.cache_key" in cache["with"]["key"]
+    installs = [s["run"] for ss in steps.values() for s in ss if s.get("name", "").startswith("Install bakesteer")]
+    assert len(installs) == 2 and all("BAKESTEER_SPEC" in r and "pip install .\n" not in r for r in installs)
 
 
 def test_offline_publish_is_one_line(llama_dir: Path, prompt_files, tmp_path: Path, spies: dict[str, Spy]) -> None:
@@ -356,28 +366,84 @@ def test_publish_alpha_auto_plans_its_fingerprint_and_measures_the_card(
     assert statuses[0][1] in ("published", "unchanged") and statuses[1][1] == "up-to-date"
 
 
-def test_workflow_summary_prints_auto_and_numeric_alphas(tmp_path: Path) -> None:
-    """The workflow's summary step runs its inline Python on the report: with an "auto" variant too."""
+def _summary(tmp_path: Path, plan: dict[str, Any], jobs: list[dict[str, Any]], publish_result: str) -> tuple[int, str]:
+    """Run the report job's inline Python on a plan and the publishing jobs' reports, as the workflow does."""
+    import os
     import subprocess
     import sys
 
-    import yaml
-
-    workflow = yaml.safe_load((ROOT / ".github" / "workflows" / "publish-variants.yml").read_text())
-    (step,) = [s for job in workflow["jobs"].values() for s in job["steps"] if s.get("name") == "Summary"]
+    (step,) = [s for s in _workflow()["jobs"]["report"]["steps"] if s.get("name") == "Summary"]
     script = step["run"].split("<<'PY'", 1)[1].split("\n", 1)[1].split("\nPY", 1)[0]
-    report = tmp_path / "report.json"
-    variant = {"repo": "me/x", "branch": "main", "status": "published", "error": None, "commit": "a" * 40}
-    report.write_text(
-        json.dumps(
-            {
-                "dry_run": False,
-                "counts": {"published": 2},
-                "calibrations": 1,
-                "variants": [{**variant, "alpha": "auto"}, {**variant, "alpha": -0.5, "reason": ""}],
-            }
-        )
+    folder = tmp_path / "reports"
+    folder.mkdir(parents=True)
+    (folder / "plan.json").write_text(json.dumps(plan))
+    for i, job in enumerate(jobs):
+        (folder / f"report-g{i}.json").write_text(json.dumps(job))
+    env = {**os.environ, "PUBLISH_RESULT": publish_result}
+    out = subprocess.run([sys.executable, "-c", script, str(folder)], capture_output=True, text=True, env=env)
+    return out.returncode, out.stdout
+
+
+def test_workflow_report_job_gathers_the_plan_and_every_job(tmp_path: Path) -> None:
+    """The report job's summary: the plan's rows replaced by each job's, "auto" and numbers both printed, and a
+    failure (or a job that never reported) fails the run."""
+    base = {"status": "would-publish", "error": None, "commit": None, "reason": "new repository"}
+    rows = [
+        {**base, "repo": "me/a", "branch": "main", "alpha": "auto"},
+        {**base, "repo": "me/a", "branch": "k-0.5", "alpha": -0.5},
+        {**base, "repo": "me/b", "branch": "main", "alpha": 1.0},
+    ]
+    plan = {"dry_run": True, "calibrations": 0, "counts": {"would-publish": 3}, "variants": rows}
+    done = {**base, "status": "published", "commit": "a" * 40, "reason": ""}
+    job_a = {"calibrations": 1, "variants": [{**rows[0], **done}, {**rows[1], **done}]}
+    job_b = {"calibrations": 1, "variants": [{**rows[2], **done}]}
+
+    code, out = _summary(tmp_path / "1", plan, [job_a, job_b], "success")
+    assert code == 0
+    assert "**2 publishing job(s)**: {'published': 3}, 2 calibration(s)" in out
+    assert "| me/a@main | auto | published | aaaaaaaaaaaa |" in out and "| me/a@k-0.5 | -0.5 | published |" in out
+
+    code, out = _summary(tmp_path / "2", plan, [job_a], "failure")  # job b died before writing its report
+    assert code == 1 and "| me/b@main | 1 | would-publish | new repository |" in out
+    code, out = _summary(tmp_path / "3", plan, [], "skipped")  # a dry run: nothing was meant to publish
+    assert code == 0 and "would-publish" in out
+    failed = {"calibrations": 1, "variants": [{**rows[2], **base, "status": "failed", "error": "boom"}]}
+    code, out = _summary(tmp_path / "4", plan, [job_a, failed], "failure")
+    assert code == 1 and "| me/b@main | 1 | failed | boom |" in out
+
+
+def test_plan_json_lists_one_entry_per_group_with_work_and_group_publishes_it(
+    hub: HubServer, llama_dir: Path, qwen3_dir: Path, prompt_files, tmp_path: Path, spies: dict[str, Spy]
+) -> None:
+    models = [(llama_dir, "me/{model}-k{alpha}"), (qwen3_dir, "me/{model}-k{alpha}")]
+    variants = _variants(tmp_path, models, "[0.5, 1]", prompt_files)
+    ids = ["g0-llama-refusal", "g1-qwen3-refusal"]
+    assert [v.group_id for v in load_variants(variants)] == [ids[0], ids[0], ids[1], ids[1]]
+
+    code, out, err = _cli("publish", str(variants), "--plan-json", "--report", str(tmp_path / "plan.json"))
+    assert code == 0, err
+    matrix = json.loads(out)  # stdout holds the matrix and nothing else
+    assert [(e["id"], e["model"], e["prompt_set"], e["targets"]) for e in matrix["include"]] == [
+        (ids[0], "llama", "refusal", ["me/llama-k0.5@main", "me/llama-k1@main"]),
+        (ids[1], "qwen3", "refusal", ["me/qwen3-k0.5@main", "me/qwen3-k1@main"]),
+    ]
+    source = json.loads((tmp_path / "plan.json").read_text())["variants"][0]["source"]
+    assert matrix["include"][0]["source"] == f"llama@{source['revision']}"
+    assert len({e["cache_key"] for e in matrix["include"]}) == 2
+    assert "would-publish" in err and spies["calibrate"].calls == 0 and not _pushes(hub)
+
+    # one job: one group, one calibration; the plan then lists only the other group
+    code, out, err = _cli("publish", str(variants), "--group", ids[1], "--report", str(tmp_path / "g1.json"))
+    assert code == 0, err
+    report = json.loads((tmp_path / "g1.json").read_text())
+    assert [v["repo"] for v in report["variants"]] == ["me/qwen3-k0.5", "me/qwen3-k1"]
+    assert report["calibrations"] == 1 and spies["calibrate"].calls == 1
+    code, out, err = _cli("publish", str(variants), "--plan-json")
+    assert code == 0 and [e["id"] for e in json.loads(out)["include"]] == [ids[0]]
+
+    code, out, err = _cli("publish", str(variants), "--group", "g7-nothing")
+    assert code == 2 and not out
+    assert err == (
+        f"bakesteer: error: variants file variants.toml: no calibration group 'g7-nothing'; "
+        f"groups: {ids[0]}, {ids[1]}\n"
     )
-    out = subprocess.run([sys.executable, "-c", script, str(report)], capture_output=True, text=True, check=True)
-    assert "| me/x@main | auto | published | aaaaaaaaaaaa |" in out.stdout
-    assert "| me/x@main | -0.5 | published | aaaaaaaaaaaa |" in out.stdout
