@@ -419,7 +419,6 @@ def convert(model: str, output: Path, options: ConvertOptions | None = None) -> 
             report = validate_checkpoint(
                 staging.path,
                 reference,
-                probes,
                 expected_keys=plan.keys(),
                 config_updates=plan.config_updates,
                 trust_remote_code=spec.remote is not None,

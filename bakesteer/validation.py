@@ -14,6 +14,7 @@ floor costs one forward pass, not a float32 copy of the model.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import math
 from collections.abc import Iterator
@@ -103,12 +104,11 @@ class LogitStore:
 @dataclass
 class Outputs:
     """A model's outputs on the probes: every real token's logits (in a :class:`LogitStore`), each probe's
-    last-token logits, max |logit| and greedy continuations of the first two probes."""
+    last-token logits and max |logit|."""
 
     store: LogitStore
     last: torch.Tensor
     max_abs: float
-    greedy: list[list[int]]
 
     @property
     def positions(self) -> int:
@@ -123,12 +123,18 @@ class Reference:
     as it is measured.
 
     Attributes:
-        hooked: The source model with steering hooks, in the output dtype.
+        probes: The probes as compared: the first two followed by their hooked greedy continuation.
+        prompt_lengths: The first two probes' lengths without it.
+        greedy: The hooked model's greedy continuations of the first two probes (KV cache, plain argmax).
+        hooked: The source model with steering hooks, in the output dtype, on ``probes``.
         base_last: The unhooked source model's logits at each probe's last token (a no-op bake must not pass).
         floor: ``max|hooked - hooked in float32| / max|hooked in float32|`` (``None`` when the output is float32).
         dtype: The output dtype.
     """
 
+    probes: list[list[int]]
+    prompt_lengths: list[int]
+    greedy: list[list[int]]
     hooked: Outputs
     base_last: torch.Tensor
     floor: float | None
@@ -206,24 +212,46 @@ def stream_logits(
 
 @torch.no_grad()
 def greedy_continuations(model: Any, probes: list[list[int]], *, pad_id: int, tokens: int) -> list[list[int]]:
-    """``tokens`` greedily decoded tokens (KV cache on, EOS not allowed to stop early) after each probe."""
+    """``tokens`` greedily decoded tokens after each probe: plain argmax with a KV cache, one batch.
+
+    Written out rather than ``generate()``: no logits processor of the checkpoint's generation config (a repetition
+    penalty, EOS suppression) can apply, so a continuation is exactly the argmax at each step and a model can be
+    checked against it with one teacher-forced pass (:func:`greedy_agreement`).
+    """
     device = input_device(model)
-    out: dict[int, list[int]] = {}
-    for batch in left_padded_batches(probes, len(probes), pad_id):
-        batch = batch.to(device)
-        generated = model.generate(
-            input_ids=batch.input_ids,
-            attention_mask=batch.attention_mask,
-            do_sample=False,
-            max_new_tokens=tokens,
-            min_new_tokens=tokens,
-            pad_token_id=pad_id,
+    # transformers 5.x renamed past_key_values to cache (the old name warns from 5.2x and goes in 5.40)
+    cache_kw = "cache" if "cache" in inspect.signature(type(model).forward).parameters else "past_key_values"
+    (batch,) = left_padded_batches(probes, len(probes), pad_id)
+    batch = batch.to(device)
+    mask, position = batch.attention_mask, batch.position_ids[:, -1:]
+    out = model(
+        input_ids=batch.input_ids,
+        attention_mask=mask,
+        position_ids=batch.position_ids,
+        use_cache=True,
+        logits_to_keep=1,
+    )
+    steps = [out.logits[:, -1].argmax(-1)]
+    for _ in range(tokens - 1):
+        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+        position = position + 1
+        out = model(
+            input_ids=steps[-1][:, None],
+            attention_mask=mask,
+            position_ids=position,
             use_cache=True,
+            **{cache_kw: out[cache_kw]},
         )
-        width = batch.input_ids.shape[1]
-        for row, index in enumerate(batch.indices):
-            out[index] = generated[row, width:].tolist()
-    return [out[i] for i in range(len(probes))]
+        steps.append(out.logits[:, -1].argmax(-1))
+    generated = torch.stack(steps, dim=1).cpu()
+    return [generated[row].tolist() for row in torch.argsort(torch.as_tensor(batch.indices)).tolist()]
+
+
+def greedy_agreement(rows: torch.Tensor, prompt_length: int, continuation: list[int]) -> list[int]:
+    """The argmax continuation a model predicts, teacher-forced on ``continuation`` (``rows`` are its logits over
+    the probe followed by the continuation): equal to ``continuation`` exactly when its own greedy decoding would
+    produce it."""
+    return rows[prompt_length - 1 : prompt_length - 1 + len(continuation)].argmax(-1).tolist()
 
 
 def _offsets_of_lengths(lengths: list[int]) -> list[int]:
@@ -239,7 +267,6 @@ def _outputs(
     *,
     batch_size: int,
     pad_id: int,
-    greedy_tokens: int,
     desc: str,
     folder: Path | None,
     spill_bytes: int,
@@ -252,8 +279,7 @@ def _outputs(
         store.put(index, rows)
         last[index] = rows[-1]
         max_abs = max(max_abs, float(rows.abs().max()))
-    greedy = greedy_continuations(model, probes[:2], pad_id=pad_id, tokens=greedy_tokens)
-    return Outputs(store, last, max_abs, greedy)
+    return Outputs(store, last, max_abs)
 
 
 @dataclass
@@ -264,20 +290,33 @@ class Comparison:
     max_abs: float
     kl_sum: float
     last: torch.Tensor
+    greedy: dict[int, list[int]] = field(default_factory=dict)
 
 
-def compare_logits(stream: Iterator[tuple[int, torch.Tensor]], reference: LogitStore) -> Comparison:
+def compare_logits(
+    stream: Iterator[tuple[int, torch.Tensor]],
+    reference: LogitStore,
+    teacher: dict[int, tuple[int, list[int]]] | None = None,
+) -> Comparison:
     """Max |difference|, summed KL(reference || stream) and each probe's last-token logits, one probe at a time
-    (neither model's logits are ever all in memory)."""
+    (neither model's logits are ever all in memory).
+
+    Args:
+        teacher: ``{probe: (prompt length, continuation)}``: also read the greedy continuation the streamed model
+            predicts for these probes (see :func:`greedy_agreement`).
+    """
     max_diff, max_abs, kl_sum = 0.0, 0.0, 0.0
     last = torch.empty(len(reference.lengths), reference.vocab, dtype=torch.float32)
+    greedy: dict[int, list[int]] = {}
     for index, rows in stream:
+        if teacher and index in teacher:
+            greedy[index] = greedy_agreement(rows, *teacher[index])
         ref = reference.get(index)
         max_diff = max(max_diff, float((rows - ref).abs().max()))
         max_abs = max(max_abs, float(rows.abs().max()))
         kl_sum += kl_total(ref, rows)
         last[index] = rows[-1]
-    return Comparison(max_diff, max_abs, kl_sum, last)
+    return Comparison(max_diff, max_abs, kl_sum, last, greedy)
 
 
 @contextmanager
@@ -358,9 +397,11 @@ def reference_outputs(
 ) -> Reference:
     """Hooked and unhooked outputs of the source model, plus the float32 floor of a low-precision model.
 
-    Three passes over the probes at most: hooked (every position's logits and two greedy continuations), unhooked
-    (last-token logits only, for the no-op check) and, for bf16/fp16, hooked again with :func:`float32_units` (the
-    floor). Nothing is computed that validation does not compare or report.
+    The hooked model first decodes ``greedy_tokens`` after the first two probes (KV cache); those two are then
+    compared with their continuation appended, so the written checkpoint's greedy agreement is read from its one
+    teacher-forced pass instead of a second decoding. Then at most three passes over the probes: hooked (every
+    position's logits), unhooked (last-token logits only, for the no-op check) and, for bf16/fp16, hooked again with
+    :func:`float32_units` (the floor). Nothing is computed that validation does not compare or report.
 
     Args:
         folder: Where large reference logits spill to (see :class:`LogitStore`).
@@ -368,22 +409,17 @@ def reference_outputs(
     dtype = next(model.parameters()).dtype
     kwargs = {"batch_size": batch_size, "pad_id": pad_id}
     with steering(model, spec, offsets):
-        hooked = _outputs(
-            model,
-            probes,
-            desc="reference (hooked)",
-            greedy_tokens=greedy_tokens,
-            folder=folder,
-            spill_bytes=spill_bytes,
-            **kwargs,
-        )
-    base_last = last_token_logits(model, probes, desc="reference (base)", **kwargs)
+        greedy = greedy_continuations(model, probes[:2], pad_id=pad_id, tokens=greedy_tokens)
+        extended = [p + g for p, g in zip(probes, greedy, strict=False)] + probes[2:]
+        hooked = _outputs(model, extended, desc="reference (hooked)", folder=folder, spill_bytes=spill_bytes, **kwargs)
+    base_last = last_token_logits(model, extended, desc="reference (base)", **kwargs)
     floor = None
     if dtype != torch.float32:
         with steering(model, spec, offsets), float32_units(model, spec):
-            exact = compare_logits(stream_logits(model, probes, desc="reference (float32)", **kwargs), hooked.store)
+            stream = stream_logits(model, extended, desc="reference (float32)", **kwargs)
+            exact = compare_logits(stream, hooked.store)
         floor = exact.max_abs_diff / exact.max_abs
-    return Reference(hooked, base_last, floor, dtype)
+    return Reference(extended, [len(p) for p in probes[:2]], greedy, hooked, base_last, floor, dtype)
 
 
 def relative_diff(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -433,7 +469,6 @@ def _check_plain_load_refused(directory: Path) -> None:
 def validate_checkpoint(
     directory: Path,
     reference: Reference,
-    probes: list[list[int]],
     *,
     expected_keys: set[str],
     config_updates: dict[str, Any] | None = None,
@@ -473,10 +508,10 @@ def validate_checkpoint(
     ]
     if getattr(model.config, "quantization_config", None) or getattr(model, "hf_quantizer", None):
         config_problems.append("the reloaded model is quantized")
-    baked = compare_logits(
-        stream_logits(model, probes, batch_size=batch_size, pad_id=pad_id, desc="validating"), reference.hooked.store
-    )
-    baked_greedy = greedy_continuations(model, probes[:2], pad_id=pad_id, tokens=greedy_tokens)
+    teacher = {i: (length, reference.greedy[i]) for i, length in enumerate(reference.prompt_lengths)}
+    stream = stream_logits(model, reference.probes, batch_size=batch_size, pad_id=pad_id, desc="validating")
+    baked = compare_logits(stream, reference.hooked.store, teacher)
+    baked_greedy = [baked.greedy[i] for i in range(len(reference.greedy))]
     del model
 
     tolerance, basis = tolerance_for(reference)
@@ -485,7 +520,7 @@ def validate_checkpoint(
     scale = hooked.max_abs
     report = ValidationReport(
         dtype=str(reference.dtype).removeprefix("torch."),
-        probes=len(probes),
+        probes=len(reference.probes),
         positions=hooked.positions,
         tolerance=tolerance,
         tolerance_basis=basis,
@@ -495,8 +530,8 @@ def validate_checkpoint(
         relative_diff=diff / scale,
         mean_kl=baked.kl_sum / hooked.positions,
         greedy_tokens=greedy_tokens,
-        greedy_equal=baked_greedy == reference.hooked.greedy,
-        greedy_first_mismatch=_first_mismatch(baked_greedy, reference.hooked.greedy),
+        greedy_equal=baked_greedy == reference.greedy,
+        greedy_first_mismatch=_first_mismatch(baked_greedy, reference.greedy),
         base_relative_diff=relative_diff(baked.last, reference.base_last),
         hooked_vs_base_relative_diff=relative_diff(hooked.last, reference.base_last),
         missing_keys=missing,

@@ -51,7 +51,7 @@ def _write(src: Path, model, offsets: torch.Tensor, out: Path, *, set_flag: bool
 
 def _check(out: Path, reference, probes, keys, alpha: float = 1.0):
     return validate_checkpoint(
-        out, reference, probes, expected_keys=keys, alpha=alpha, placement=Placement(torch.device("cpu")), **IO
+        out, reference, expected_keys=keys, alpha=alpha, placement=Placement(torch.device("cpu")), **IO
     )
 
 
@@ -63,7 +63,8 @@ def test_correct_bake_passes(setup, llama_sharded_dir: Path, tmp_path: Path) -> 
     report = _check(tmp_path / "ok", reference, probes, keys)
     assert report.passed and report.relative_diff < 1e-5 and report.greedy_equal
     assert report.mean_kl < 1e-9 and report.base_relative_diff > 1e-2
-    assert report.positions == sum(len(p) for p in probes)
+    # the first two probes are compared with the hooked model's greedy continuation appended
+    assert report.positions == sum(len(p) for p in probes) + 2 * IO["greedy_tokens"]
 
 
 def test_wrong_offsets_fail_on_logits(setup, llama_sharded_dir: Path, tmp_path: Path) -> None:
@@ -115,3 +116,25 @@ def test_validation_error_in_the_cli_is_one_line(setup) -> None:
     err = ValidationError("logits", "max|logit diff| is 0.5 of max|logit|", report={"relative_diff": 0.5})
     assert err.exit_code == 3
     assert "\n" not in err.one_line() and "nothing was written" in err.one_line()
+
+
+def test_greedy_continuation_is_the_argmax_and_teacher_forcing_reads_it(setup) -> None:
+    """The KV-cache decoding equals the argmax of one uncached pass over probe + continuation; the same reading of
+    another model (here: the unsteered base) finds the difference."""
+    from bakesteer.hooks import steering
+    from bakesteer.validation import greedy_agreement, greedy_continuations
+
+    model, vector, probes = setup
+    offsets = vector.offsets((2, 5), 3.0)
+    with torch.no_grad(), steering(model, SPEC, offsets):
+        greedy = greedy_continuations(model, probes[:2], pad_id=0, tokens=12)
+        assert [len(g) for g in greedy] == [12, 12]
+        for probe, continuation in zip(probes, greedy, strict=False):
+            rows = model(input_ids=torch.tensor([probe + continuation])).logits[0]
+            assert greedy_agreement(rows, len(probe), continuation) == continuation
+    with torch.no_grad():
+        base = [
+            greedy_agreement(model(input_ids=torch.tensor([p + g])).logits[0], len(p), g)
+            for p, g in zip(probes, greedy, strict=False)
+        ]
+    assert base != greedy
