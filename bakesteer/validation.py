@@ -20,11 +20,13 @@ import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from bakesteer.architectures import ArchitectureSpec
 from bakesteer.batching import Batch, left_padded_batches
@@ -37,6 +39,9 @@ logger = logging.getLogger(__name__)
 
 FP32_TOLERANCE = 1e-4
 FLOOR_FACTOR = 2.0
+#: The floor is measured on the first probes only: one of each set, each with its greedy continuation (about a third
+#: of the positions), so that float32 costs about one low-precision pass even where float32 runs 3x slower.
+FLOOR_PROBES = 2
 
 
 #: Reference logits larger than this go to a scratch file instead of the heap (read back one probe at a time).
@@ -323,17 +328,27 @@ def compare_logits(
 def float32_units(model: nn.Module, spec: ArchitectureSpec) -> Iterator[None]:
     """Run ``model`` in float32 one unit at a time, with no float32 copy of the whole model.
 
-    The units are the decoder blocks and every module outside them that holds parameters (embeddings, final norm,
-    LM head). A unit's low-precision parameters are cast to float32 just before its forward pass and back just
-    after (a float32 copy of a bf16/fp16 value casts back exactly), so at most one unit is in float32 at a time and
-    the activations flow in float32 from the embedding on. Float32 buffers and parameters are left alone. Under an
-    accelerate device map the cast applies to the ``meta`` placeholders of offloaded weights, which accelerate then
-    fills in float32 from the stored values.
+    The units are the decoder blocks and every module outside them that holds parameters (final norm, ...). A unit's
+    low-precision parameters are cast to float32 just before its forward pass and back just after (a float32 copy of
+    a bf16/fp16 value casts back exactly), so at most one unit is in float32 at a time and the activations flow in
+    float32. Float32 buffers and parameters are left alone. Under an accelerate device map the cast applies to the
+    ``meta`` placeholders of offloaded weights, which accelerate then fills in float32 from the stored values.
+
+    The two largest matrices are never cast whole: a plain input embedding returns its looked-up rows in float32 (a
+    lookup commutes with the cast), and a plain linear LM head computes its float32 logits in slices of the
+    vocabulary of at most :data:`HEAD_SLICE_BYTES` each.
     """
     layers = decoder_layers(model, spec)
     inside = {id(m) for m in layers.modules()}
+    model_: Any = model
+    embedding, head = model_.get_input_embeddings(), model_.get_output_embeddings()
+    plain_embedding = type(embedding) is nn.Embedding and embedding.weight.dtype != torch.float32
+    plain_head = type(head) is nn.Linear and head.weight.dtype != torch.float32
+    special = {id(m) for m, plain in ((embedding, plain_embedding), (head, plain_head)) if plain}
     units = list(layers) + [
-        m for m in model.modules() if id(m) not in inside and next(m.parameters(recurse=False), None) is not None
+        m
+        for m in model.modules()
+        if id(m) not in inside and id(m) not in special and next(m.parameters(recurse=False), None) is not None
     ]
     # the low-precision parameters of each unit, by name: accelerate replaces offloaded parameter objects (and
     # unties shared ones) on every call, so the dtype to restore is remembered per name, once, up front
@@ -342,31 +357,69 @@ def float32_units(model: nn.Module, spec: ArchitectureSpec) -> Iterator[None]:
         for unit in units
     }
 
+    stored: dict[int, dict[str, torch.Tensor]] = {}
+
     def up(module: nn.Module, args: Any) -> None:
+        kept = stored.setdefault(id(module), {})
         for name in low[id(module)]:
             param = module.get_parameter(name)
             if param.dtype != torch.float32:
+                kept[name] = param.data  # put back as it was: no new copy, the same (possibly mapped) storage
                 param.data = param.data.float()
 
     def down(module: nn.Module, args: Any, output: Any) -> None:
+        kept = stored.pop(id(module), {})
         for name, dtype in low[id(module)].items():
             param = module.get_parameter(name)
             if param.dtype != dtype:
-                param.data = param.data.to(dtype)
+                param.data = kept[name] if name in kept and kept[name].dtype == dtype else param.data.to(dtype)
+
+    def embed_float(module: nn.Module, args: Any, output: torch.Tensor) -> torch.Tensor:
+        return output.float()
 
     handles = []
+    patched: tuple[nn.Module, str, Any] | None = None
     _clear_tied_weight_caches(model)
     try:
         for unit in units:
             handles.append(unit.register_forward_pre_hook(up))
             handles.append(unit.register_forward_hook(down))
+        if plain_embedding:
+            handles.append(embedding.register_forward_hook(embed_float))
+        if plain_head:
+            # accelerate wraps a dispatched module's forward and calls _old_forward once the weights are in place
+            name = "_old_forward" if "_old_forward" in head.__dict__ else "forward"
+            patched = (head, name, head.__dict__.get(name))
+            setattr(head, name, partial(_sliced_float_linear, head))
         yield
     finally:
         for handle in handles:
             handle.remove()
+        if patched is not None:
+            module, name, previous = patched
+            if previous is None:
+                delattr(module, name)
+            else:
+                setattr(module, name, previous)
         for unit in units:  # a forward that raised inside a unit leaves it cast up
             down(unit, None, None)
         _clear_tied_weight_caches(model)
+
+
+#: The most float32 weight the LM head is cast at once while measuring the floor.
+HEAD_SLICE_BYTES = 64 * 1024**2
+
+
+def _sliced_float_linear(module: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    """``module(x)`` in float32, casting ``HEAD_SLICE_BYTES`` of the weight at a time."""
+    weight, bias = module.weight, module.bias
+    rows = max(1, HEAD_SLICE_BYTES // (4 * weight.shape[1]))
+    x = x.float()
+    out = torch.empty(*x.shape[:-1], weight.shape[0], dtype=torch.float32, device=x.device)
+    for start in range(0, weight.shape[0], rows):
+        part = None if bias is None else bias[start : start + rows].float()
+        out[..., start : start + rows] = F.linear(x, weight[start : start + rows].float(), part)
+    return out
 
 
 def _clear_tied_weight_caches(model: nn.Module) -> None:
@@ -399,9 +452,10 @@ def reference_outputs(
 
     The hooked model first decodes ``greedy_tokens`` after the first two probes (KV cache); those two are then
     compared with their continuation appended, so the written checkpoint's greedy agreement is read from its one
-    teacher-forced pass instead of a second decoding. Then at most three passes over the probes: hooked (every
-    position's logits), unhooked (last-token logits only, for the no-op check) and, for bf16/fp16, hooked again with
-    :func:`float32_units` (the floor). Nothing is computed that validation does not compare or report.
+    teacher-forced pass instead of a second decoding. Then two passes over the probes: hooked (every position's
+    logits) and unhooked (last-token logits only, for the no-op check); for bf16/fp16 also the first
+    :data:`FLOOR_PROBES` hooked again with :func:`float32_units` (the floor). Nothing is computed that validation does
+    not compare or report.
 
     Args:
         folder: Where large reference logits spill to (see :class:`LogitStore`).
@@ -416,7 +470,7 @@ def reference_outputs(
     floor = None
     if dtype != torch.float32:
         with steering(model, spec, offsets), float32_units(model, spec):
-            stream = stream_logits(model, extended, desc="reference (float32)", **kwargs)
+            stream = stream_logits(model, extended[:FLOOR_PROBES], desc="reference (float32)", **kwargs)
             exact = compare_logits(stream, hooked.store)
         floor = exact.max_abs_diff / exact.max_abs
     return Reference(extended, [len(p) for p in probes[:2]], greedy, hooked, base_last, floor, dtype)
