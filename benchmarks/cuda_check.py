@@ -111,17 +111,18 @@ def bench_device_map(tmp: Path, device_map: str, small: bool) -> list[dict[str, 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from bakesteer.batching import left_padded_batches, pad_token_id
+    from bakesteer.placement import input_device
     from bakesteer.prompts import load_prompt_set, render_prompts
     from bakesteer.source import free_memory
 
     model_dir, prompts = tmp / "llama1b", tmp / "llama1b-prompts"
-    model_dir.mkdir()
+    model_dir.mkdir(parents=True)
     if small:
         save_model(
             __import__("transformers").LlamaConfig(**{**LLAMA_LIKE, "hidden_size": 256, "intermediate_size": 512}),
             model_dir, dtype=torch.bfloat16, max_shard_size="2MB",
         )  # fmt: skip
-        prompts.mkdir()
+        prompts.mkdir(parents=True)
         for role in ("positive", "negative"):
             lines = load_prompt_set(None, role).prompts[:16]
             (prompts / f"{role}.txt").write_text("\n".join(lines) + "\n")
@@ -138,8 +139,7 @@ def bench_device_map(tmp: Path, device_map: str, small: bool) -> list[dict[str, 
     start = time.perf_counter()
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.bfloat16, device_map=device_map).eval()
     tok = AutoTokenizer.from_pretrained(model_dir)
-    first = next(iter(model.hf_device_map.values()))
-    device = torch.device(first if not isinstance(first, int) else f"cuda:{first}")
+    device = input_device(model)
     with torch.no_grad():
         for role in ("positive", "negative"):
             ids = render_prompts(tok, load_prompt_set(prompts / f"{role}.txt", role).calibration, chat_template=True)
@@ -193,7 +193,7 @@ def sweep_device_map(tmp: Path, device_map: str, small: bool) -> dict[str, Any]:
     else:
         from children import prepare_smollm2
 
-        prepare_smollm2(tmp / "smollm2")
+        prepare_smollm2(tmp / "smollm2")  # creates the folder
         source = str(tmp / "smollm2")
     eval_file = tmp / "eval.txt"
     from bakesteer.prompts import load_prompt_set
@@ -211,7 +211,7 @@ def sweep_device_map(tmp: Path, device_map: str, small: bool) -> dict[str, Any]:
             {"k": r.alpha, "mode": r.mode, "kl": r.metrics.get("kl"), "ppl": r.metrics.get("perplexity")}
             for r in result.runs
         ],
-        "passed": len(result.runs) == 5,
+        "passed": len(result.runs) == 6 and all(r.metrics.get("kl") is not None for r in result.runs),
     }
     print(json.dumps(row), flush=True)
     return row

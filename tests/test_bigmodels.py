@@ -199,3 +199,31 @@ def test_max_memory_is_parsed_and_checked() -> None:
     placement = Placement(torch.device("cpu"), "auto", {"cpu": "1GiB"}, None).with_offload_folder(Path("/x"))
     assert placement.load_kwargs() == {"device_map": "auto", "max_memory": {"cpu": "1GiB"}, "offload_folder": "/x"}
     assert Placement(torch.device("cpu")).load_kwargs() == {}
+
+
+def test_sweep_and_eval_under_disk_offload_measure_the_same(
+    bf16_tied_sharded: Path, prompt_files, tmp_path: Path
+) -> None:
+    """Hooks on offloaded blocks steer as in memory: a sweep and an eval with every layer on disk report the same
+    metrics and completions as without a device map."""
+    from bakesteer.evaluate import evaluate
+    from bakesteer.sweep import sweep
+
+    eval_file = tmp_path / "eval.txt"
+    from importlib import resources
+
+    lines = resources.files("bakesteer.data").joinpath("eval_prompts.txt").read_text().splitlines()[:8]
+    eval_file.write_text("\n".join(lines) + "\n")
+    options = fast(prompt_files, eval_prompts=eval_file, max_new_tokens=6)
+    grid = {"alphas": (0.0, 1.5), "modes": ("broadcast", "last-token")}
+    plain = sweep(str(bf16_tied_sharded), tmp_path / "plain", options, **grid)
+    disk = sweep(str(bf16_tied_sharded), tmp_path / "disk", options.replace(max_memory="cpu=10KB"), **grid)
+    assert [(r.alpha, r.mode) for r in disk.runs] == [(r.alpha, r.mode) for r in plain.runs]
+    for a, b in zip(plain.runs, disk.runs, strict=True):
+        assert a.metrics == b.metrics and a.samples == b.samples
+    assert disk.run(1.5).metrics["kl"] > 0
+
+    baked = convert(str(bf16_tied_sharded), tmp_path / "baked", options.replace(alpha=1.5)).output
+    whole = evaluate(baked, base=str(bf16_tied_sharded), options=options)
+    offloaded = evaluate(baked, base=str(bf16_tied_sharded), options=options.replace(max_memory="cpu=10KB"))
+    assert offloaded.metrics == whole.metrics and offloaded.samples == whole.samples
