@@ -6,7 +6,12 @@ BIN := $(VENV)/bin
 TORCH ?= torch==2.13.0
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: install demo test test-slow lint bench clean
+# llama.cpp's converter (convert_hf_to_gguf.py + gguf-py) without a llama.cpp checkout: the sdist of llama-cpp-python
+# on PyPI vendors llama.cpp at commit 0c1e570; pinned by version and SHA-256.
+LLAMA_CPP_PYTHON := 0.3.36
+LLAMA_CPP_SHA256 := 832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e
+
+.PHONY: install demo test test-slow lint bench clean llama-cpp
 
 install: $(VENV)/.installed
 
@@ -22,11 +27,28 @@ $(VENV)/.installed: pyproject.toml
 demo: install
 	$(BIN)/bakesteer demo --output demo-output --alpha 1
 
-test: install
+# llama-cpp: llama.cpp's source and converter, read by the fast tier's export tests (a pinned download from PyPI).
+test: install llama-cpp
 	$(BIN)/python -m pytest -q
 
-test-slow: install
+# The slow tier runs llama.cpp through llama-cpp-python, built from source once (about 9 minutes on 2 cores; pip keeps
+# the built wheel in its cache, so later installs take seconds).
+test-slow: install llama-cpp $(VENV)/.llama-cpp-python
 	$(BIN)/python -m pytest -q -m slow
+
+$(VENV)/.llama-cpp-python: $(VENV)/.installed
+	$(BIN)/pip install -q "llama-cpp-python==$(LLAMA_CPP_PYTHON)"
+	touch $@
+
+llama-cpp: .cache/llama.cpp/convert_hf_to_gguf.py
+
+.cache/llama.cpp/convert_hf_to_gguf.py: | $(VENV)/.installed
+	rm -rf .cache/llama.cpp .cache/sdist && mkdir -p .cache/sdist
+	$(BIN)/pip download -q --no-deps --no-binary :all: "llama-cpp-python==$(LLAMA_CPP_PYTHON)" -d .cache/sdist
+	echo "$(LLAMA_CPP_SHA256)  .cache/sdist/llama_cpp_python-$(LLAMA_CPP_PYTHON).tar.gz" | sha256sum -c --quiet -
+	tar -xzf .cache/sdist/llama_cpp_python-$(LLAMA_CPP_PYTHON).tar.gz -C .cache/sdist
+	mv .cache/sdist/llama_cpp_python-$(LLAMA_CPP_PYTHON)/vendor/llama.cpp .cache/llama.cpp
+	rm -rf .cache/sdist
 
 $(VENV)/.lint-installed: $(VENV)/.installed
 	$(BIN)/pip install -q -e ".[dev,lint]"
@@ -40,6 +62,8 @@ lint: $(VENV)/.lint-installed
 
 bench: install
 	$(BIN)/python benchmarks/convert.py
+	$(BIN)/python benchmarks/generation.py
+	$(BIN)/python benchmarks/calibration.py
 	$(BIN)/python benchmarks/publish.py
 	$(BIN)/python benchmarks/sweep.py
 

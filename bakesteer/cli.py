@@ -519,6 +519,83 @@ def _outcome_line(outcome: Any) -> str:
 
 
 @main.command()
+@click.argument("source", type=click.Path(path_type=Path))
+@click.option(
+    "--control-vector",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Write the offsets as a llama.cpp control vector (GGUF, direction.N added to the output of block N); it "
+    "applies to any quantization of the base: llama-cli -m BASE.gguf --control-vector FILE.",
+)
+@click.option(
+    "--gguf",
+    "gguf_file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Convert the baked checkpoint to GGUF with llama.cpp's own convert_hf_to_gguf.py (Llama-layout outputs).",
+)
+@click.option("--alpha", type=float, help="With --control-vector: another k (required for a steering.safetensors).")
+@click.option("--layers", help="With --control-vector: another band, as convert --layers (required for a file).")
+@click.option("--outtype", default="f32", show_default=True, type=click.Choice(["f32", "f16", "bf16", "q8_0"]))
+@click.option(
+    "--llama-cpp",
+    type=click.Path(path_type=Path, file_okay=False),
+    help="A llama.cpp tree (or an unpacked llama-cpp-python sdist) holding convert_hf_to_gguf.py; default "
+    "$BAKESTEER_LLAMA_CPP, then .cache/llama.cpp (`make llama-cpp`).",
+)
+@click.option("--overwrite", is_flag=True, help="Replace existing output files.")
+@common_flags
+def export(
+    source: Path,
+    control_vector: Path | None,
+    gguf_file: Path | None,
+    alpha: float | None,
+    layers: str | None,
+    outtype: str,
+    llama_cpp: Path | None,
+    overwrite: bool,
+    quiet: bool,
+    debug: bool,
+) -> None:
+    """Export SOURCE (a convert output directory, or a steering.safetensors) for llama.cpp."""
+    _setup(quiet, debug)
+
+    def action() -> Any:
+        from bakesteer import export as run
+
+        if control_vector is None and gguf_file is None:
+            from bakesteer.errors import OptionError
+
+            raise OptionError(
+                "export", str(source), reason="nothing to write", hint="pass --control-vector and/or --gguf"
+            )
+        if gguf_file is not None and (alpha is not None or layers is not None):
+            from bakesteer.errors import OptionError
+
+            raise OptionError(
+                "--alpha/--layers", f"{alpha}/{layers}", reason="a GGUF checkpoint carries the bake as written",
+                hint="convert again for another k or band, or export a --control-vector",
+            )  # fmt: skip
+        done: list[Any] = []
+        if control_vector is not None:
+            done.append(
+                run.export_control_vector(source, control_vector, alpha=alpha, layers=layers, overwrite=overwrite)
+            )
+        if gguf_file is not None:
+            done.append(run.export_gguf(source, gguf_file, outtype=outtype, llama_cpp=llama_cpp, overwrite=overwrite))
+        return done
+
+    for item in _run(debug, action):
+        if quiet:
+            continue
+        if isinstance(item, Path):
+            click.echo(f"wrote {item} ({item.stat().st_size / 2**20:.1f} MiB)")
+        else:
+            click.echo(
+                f"wrote {item.path}: {len(item.blocks)} directions (blocks {item.band[0]}-{item.band[1] - 1}, "
+                f"k={item.alpha:g}, model hint {item.model_type}); llama.cpp: --control-vector {item.path}"
+            )
+
+
+@main.command()
 @click.option(
     "--output",
     "-o",

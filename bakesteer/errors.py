@@ -162,6 +162,16 @@ class EvaluationError(BakesteerError, ValueError):
         super().__init__(f"{subject}: {reason}", hint=hint)
 
 
+class ExportError(BakesteerError, ValueError):
+    """A bake cannot be exported as asked: not a bakesteer output, a block the format cannot address, a family the
+    runtime does not run, or no converter at hand."""
+
+    def __init__(self, subject: str, *, reason: str, hint: str) -> None:
+        self.subject = subject
+        self.reason = reason
+        super().__init__(f"cannot export {subject}: {reason}", hint=hint)
+
+
 class HubError(BakesteerError, ConnectionError):
     """The Hub refused or failed a request. Nothing local was changed.
 

@@ -35,6 +35,47 @@ Guard = Callable[[Any], "str | None"]
 
 RUNTIMES_ALL = ("transformers", "vllm", "llama.cpp")
 RUNTIMES_HF = ("transformers",)
+#: Families whose MLP output bias every runtime's base architecture already has; their vLLM code was not read.
+RUNTIMES_BIASED = ("transformers", "llama.cpp")
+
+# --------------------------------------------------------------------------- how the runtime claims were checked
+
+#: llama.cpp as llama-cpp-python 0.3.36 vendors it (and `make llama-cpp` fetches it).
+LLAMA_CPP_COMMIT = "0c1e57098bba43ac29e6e3b677cdceebdd22334f"
+#: vLLM as read for the Llama layout (``vllm/model_executor/models/llama.py``: the MLP's gate/up and down projections
+#: take ``bias=config.mlp_bias``; q/k/v and o_proj take ``attention_bias``).
+VLLM_COMMIT = "0035bdf2b1ac243ef6f31eef27411b022461df8e"
+VLLM_FILES: Mapping[str, str] = {"llama": "vllm/model_executor/models/llama.py"}
+#: The llama.cpp model graph (``src/models/<graph>.cpp``) that runs each family's *base* checkpoint. Every one listed
+#: calls ``build_cvec(cur, il)`` after the block's second residual add, so a control vector's ``direction.N`` lands on
+#: the output of block N (tested against the source in ``tests/test_export.py``); where a family's llama.cpp runtime
+#: claim is about the baked checkpoint, the graph of its output family (a remap's target) loads ``ffn_down`` biases.
+LLAMA_CPP_GRAPHS: Mapping[str, str] = {
+    "arcee": "arcee",
+    "falcon": "falcon",
+    "gemma": "gemma",
+    "gemma2": "gemma2",
+    "gemma3": "gemma3",
+    "gemma3_text": "gemma3",
+    "gpt2": "gpt2",
+    "gpt_neox": "gptneox",
+    "gpt_oss": "openai-moe",
+    "granite": "granite",
+    "llama": "llama",
+    "mistral": "llama",
+    "mixtral": "llama",
+    "olmo2": "olmo2",
+    "phi": "phi2",
+    "phi3": "phi3",
+    "qwen2": "qwen2",
+    "qwen2_moe": "qwen2moe",
+    "qwen3": "qwen3",
+    "qwen3_moe": "qwen3moe",
+    "smollm3": "smollm3",
+    "starcoder2": "starcoder2",
+}
+#: Claims run end to end in the slow tier (``tests/test_llamacpp.py``, SmolLM2): the rest were read.
+LLAMA_CPP_RUN = frozenset({"llama"})
 
 
 #: A tensor transform, applied in float32 before the one rounding to the output dtype.
@@ -232,7 +273,7 @@ def _flag(
 
 
 def _existing(model_type: str, down_bias: str, **kw: Any) -> ArchitectureSpec:
-    return ArchitectureSpec(model_type, Strategy.EXISTING_BIAS, down_bias=down_bias, runtimes=RUNTIMES_ALL, **kw)
+    return ArchitectureSpec(model_type, Strategy.EXISTING_BIAS, down_bias=down_bias, runtimes=RUNTIMES_BIASED, **kw)
 
 
 _ENTRIES: tuple[ArchitectureSpec, ...] = (
@@ -276,7 +317,7 @@ _ENTRIES: tuple[ArchitectureSpec, ...] = (
             "mlp.c_fc.bias",
             "mlp.c_proj.bias",
         ),
-        runtimes=RUNTIMES_ALL,
+        runtimes=RUNTIMES_BIASED,
         notes="Biases exist by default (`use_bias`) and are added to; with `use_bias=false` the flag is switched on.",
     ),
     _existing("gpt2", "mlp.c_proj.bias", layers="transformer.h", backbone="transformer", notes="Conv1D `c_proj` bias."),

@@ -2,7 +2,17 @@
 
 from __future__ import annotations
 
-from bakesteer.architectures.registry import REFUSED, REGISTRY, Strategy
+from bakesteer.architectures.registry import (
+    LLAMA_CPP_COMMIT,
+    LLAMA_CPP_GRAPHS,
+    LLAMA_CPP_RUN,
+    REFUSED,
+    REGISTRY,
+    VLLM_COMMIT,
+    VLLM_FILES,
+    ArchitectureSpec,
+    Strategy,
+)
 
 START = "<!-- support-table:start -->"
 END = "<!-- support-table:end -->"
@@ -15,11 +25,47 @@ _STRATEGY = {
 }
 
 
+def output_family(spec: ArchitectureSpec) -> str:
+    """The family a baked checkpoint loads as (a remap's target, else the family itself)."""
+    return spec.remap.target if spec.remap is not None else spec.model_type
+
+
+def runtime_checks(spec: ArchitectureSpec) -> dict[str, str]:
+    """How each runtime claim of ``spec`` was checked: run in the test suite, or read in the runtime's source.
+
+    Raises:
+        KeyError: a claim with no record of a check (a test keeps the registry honest).
+    """
+    out: dict[str, str] = {}
+    target = output_family(spec)
+    for runtime in spec.runtimes:
+        if runtime == "transformers":
+            out[runtime] = "run (test suite)"
+        elif runtime == "vllm":
+            out[runtime] = f"read: vllm@{VLLM_COMMIT[:7]} `{VLLM_FILES[target].rsplit('/', 1)[-1]}`"
+        elif spec.model_type in LLAMA_CPP_RUN:
+            out[runtime] = "run (slow tier, SmolLM2)"
+        else:
+            out[runtime] = f"read: llama.cpp@{LLAMA_CPP_COMMIT[:7]} `src/models/{LLAMA_CPP_GRAPHS[target]}.cpp`"
+    return out
+
+
+def control_vector_check(model_type: str) -> str:
+    """How the claim that a llama.cpp control vector steers ``model_type`` was checked ("—": no claim)."""
+    graph = LLAMA_CPP_GRAPHS.get(model_type)
+    if graph is None:
+        return "—"
+    if model_type in LLAMA_CPP_RUN:
+        return "run (slow tier, SmolLM2)"
+    return f"read: `src/models/{graph}.cpp`"
+
+
 def support_table() -> str:
     """Markdown tables of supported and refused families, between the README markers."""
     rows = [
-        "| model_type | strategy | runtimes that apply the offset | how |",
-        "| --- | --- | --- | --- |",
+        "| model_type | strategy | runtimes that apply the baked offset (how checked) | llama.cpp control vector "
+        "| how |",
+        "| --- | --- | --- | --- | --- |",
     ]
     for name in sorted(REGISTRY):
         spec = REGISTRY[name]
@@ -28,7 +74,8 @@ def support_table() -> str:
             how += f" `{spec.flag}`"
         if spec.remap:
             how += f" → `{spec.remap.target}`"
-        rows.append(f"| `{name}` | {how} | {', '.join(spec.runtimes)} | {spec.notes} |")
+        runtimes = "; ".join(f"{runtime} ({check})" for runtime, check in runtime_checks(spec).items())
+        rows.append(f"| `{name}` | {how} | {runtimes} | {control_vector_check(name)} | {spec.notes} |")
     if REFUSED:
         rows += ["", "Refused, with the reason the error gives:", "", "| model_type | reason | way forward |"]
         rows += ["| --- | --- | --- |"]
