@@ -37,7 +37,7 @@ test-slow: install llama-cpp $(VENV)/.llama-cpp-python
 	$(BIN)/python -m pytest -q -m slow
 
 $(VENV)/.llama-cpp-python: $(VENV)/.installed
-	$(BIN)/pip install -q "llama-cpp-python==$(LLAMA_CPP_PYTHON)"
+	$(BIN)/pip install -q "llama-cpp-python==$(LLAMA_CPP_PYTHON)" -e ".[dev,llamacpp]"
 	touch $@
 
 llama-cpp: .cache/llama.cpp/convert_hf_to_gguf.py

@@ -140,6 +140,13 @@ def output_config(config: Any, spec: ArchitectureSpec, plan: BiasPlan, dtype: to
     for key, value in plan.config_updates.items():
         if key != "model_type" and spec.remote is None:
             setattr(out, key, value)
+    if spec.remote is None and not getattr(out, "architectures", None):
+        # a config parsed from GGUF has none; llama.cpp's and vLLM's loaders pick the model class by it
+        from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+        name = MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.get(out.model_type)
+        if name is not None:
+            out.architectures = [name]
     out.dtype = dtype
     return out
 

@@ -32,6 +32,7 @@ def materialize_gguf(source: ModelSource, dtype: torch.dtype, directory: Path) -
     files, index = save_state_dict(state, directory)
     config = copy.deepcopy(model.config)
     config.dtype = dtype
+    config.architectures = [type(model).__name__]  # a config parsed from GGUF has none
     # The loader records the GGUF as a quantization method; the copy is plain, full-precision weights.
     if hasattr(config, "quantization_config"):
         delattr(config, "quantization_config")

@@ -199,6 +199,14 @@ def export_gguf(
             hint="export the offsets instead: bakesteer export DIR --control-vector FILE.gguf",
         )
     script = find_converter(llama_cpp)
+    import importlib.util
+
+    if importlib.util.find_spec("sentencepiece") is None:
+        raise ExportError(
+            "--gguf",
+            reason="llama.cpp's converter needs the sentencepiece package, which is not installed",
+            hint="pip install 'sentencepiece>=0.1.98,<0.3' (the llamacpp extra)",
+        )
     partial = output.with_name(f".{output.name}.partial")
     command = [sys.executable, str(script), str(source), "--outfile", str(partial), "--outtype", outtype]
     logger.info("running %s", " ".join(command))

@@ -3,7 +3,7 @@
 - The exported control vector, applied to the SmolLM2 GGUF, moves llama.cpp's next-token logits like the baked
   transformers checkpoint moves transformers' (cosine of the two shifts, float32 GGUF; the shipped Q4_1 reported).
 - A ``--gguf`` export of the baked checkpoint (llama.cpp's own converter, f32) gives llama.cpp logits equal to
-  transformers' to 1e-4 of max |logit|.
+  transformers' to 1e-4 of max |logit| (with a float32 KV cache; llama.cpp's default f16 cache costs ~4e-4).
 
 The control vector is handed to llama.cpp the way its CLI does (``common_control_vector_load`` then
 ``llama_set_adapter_cvec``, from ``common/common.cpp``); the loader is not exposed by llama-cpp-python, so
@@ -54,8 +54,17 @@ class LlamaCpp:
     def __init__(self, model: Path, control_vector: Path | None = None) -> None:
         import llama_cpp
 
+        # a float32 KV cache: llama.cpp's default (f16) alone moves logits by ~4e-4 of max |logit| on SmolLM2
         self.llm = llama_cpp.Llama(
-            model_path=str(model), n_ctx=512, n_threads=2, logits_all=True, verbose=False, seed=0
+            model_path=str(model),
+            n_ctx=512,
+            n_threads=2,
+            logits_all=True,
+            verbose=False,
+            seed=0,
+            type_k=llama_cpp.GGML_TYPE_F32,
+            type_v=llama_cpp.GGML_TYPE_F32,
+            flash_attn=False,
         )
         if control_vector is not None:
             n_embd, data = load_like_llama_cpp(control_vector)
