@@ -19,7 +19,7 @@ import click
 
 from bakesteer import __version__
 from bakesteer.errors import BakesteerError
-from bakesteer.options import AUTO, ConvertOptions
+from bakesteer.options import AUTO, GGUF_OUTTYPES, ConvertOptions
 
 F = typing.TypeVar("F", bound=Callable[..., Any])
 
@@ -534,7 +534,7 @@ def _outcome_line(outcome: Any) -> str:
 )
 @click.option("--alpha", type=float, help="With --control-vector: another k (required for a steering.safetensors).")
 @click.option("--layers", help="With --control-vector: another band, as convert --layers (required for a file).")
-@click.option("--outtype", default="f32", show_default=True, type=click.Choice(["f32", "f16", "bf16", "q8_0"]))
+@click.option("--outtype", default="f32", show_default=True, type=click.Choice(GGUF_OUTTYPES))
 @click.option(
     "--llama-cpp",
     type=click.Path(path_type=Path, file_okay=False),

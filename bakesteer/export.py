@@ -34,7 +34,7 @@ import torch
 
 from bakesteer.card import METADATA_FILENAME
 from bakesteer.errors import ExportError
-from bakesteer.options import parse_layers
+from bakesteer.options import GGUF_OUTTYPES, parse_layers
 from bakesteer.vector import VECTOR_FILENAME, SteeringVector
 
 logger = logging.getLogger(__name__)
@@ -42,8 +42,6 @@ logger = logging.getLogger(__name__)
 CONTROL_VECTOR_ARCH = "controlvector"
 #: The llama.cpp tree ``make llama-cpp`` fetches: the sdist of llama-cpp-python on PyPI vendors it.
 LLAMA_CPP_PYTHON = "0.3.36"
-LLAMA_CPP_COMMIT = "0c1e57098bba43ac29e6e3b677cdceebdd22334f"
-GGUF_OUTTYPES = ("f32", "f16", "bf16", "q8_0")
 _FETCH_HINT = (
     "get llama.cpp's converter with `make llama-cpp` (the llama-cpp-python "
     f"{LLAMA_CPP_PYTHON} sdist from PyPI, unpacked into .cache/llama.cpp) or a llama.cpp checkout, and pass "

@@ -19,6 +19,8 @@ from bakesteer.errors import OptionError
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 #: ``--device-map`` values: accelerate's strategies, and ``cpu`` (everything in CPU memory, through accelerate).
 DEVICE_MAPS = ("auto", "balanced", "balanced_low_0", "sequential", "cpu")
+#: ``bakesteer export --outtype``: the types llama.cpp's converter writes that bakesteer offers.
+GGUF_OUTTYPES = ("f32", "f16", "bf16", "q8_0")
 DEFAULT_LAYERS = "0.4:0.9"
 #: ``--alpha auto``: sweep a grid on the side given by ``--direction`` and keep the strongest k within the limits
 #: of :mod:`bakesteer.sweep`.
