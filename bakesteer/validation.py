@@ -15,6 +15,7 @@ floor costs one forward pass, not a float32 copy of the model.
 from __future__ import annotations
 
 import inspect
+import json
 import logging
 import math
 from collections.abc import Iterator
@@ -30,6 +31,7 @@ from torch.nn import functional as F
 
 from bakesteer.architectures import ArchitectureSpec
 from bakesteer.batching import Batch, left_padded_batches
+from bakesteer.configfiles import CONFIG_FILE, reader_mismatches
 from bakesteer.errors import ValidationError
 from bakesteer.hooks import decoder_layers, steering
 from bakesteer.placement import Placement, input_device, load_causal_lm
@@ -575,6 +577,9 @@ def validate_checkpoint(
     ]
     if getattr(model.config, "quantization_config", None) or getattr(model, "hf_quantizer", None):
         config_problems.append("the reloaded model is quantized")
+    # a downloader's transformers 4 reads config.json on its own: its rope, norm and vocabulary fields must be what
+    # this reload was validated with
+    reader_problems = reader_mismatches(json.loads((directory / CONFIG_FILE).read_text(encoding="utf-8")), model.config)
     teacher = {i: (length, reference.greedy[i]) for i, length in enumerate(reference.prompt_lengths)}
     stream = stream_logits(model, reference.probes, batch_size=batch_size, pad_id=pad_id, desc="validating")
     baked = compare_logits(stream, reference.hooked.store, teacher)
@@ -613,6 +618,12 @@ def validate_checkpoint(
         )
     if config_problems:
         raise ValidationError("config", "config did not round-trip: " + ", ".join(config_problems), report=data)
+    if reader_problems:
+        raise ValidationError(
+            "readers",
+            "transformers 4 would read config.json as another model: " + "; ".join(reader_problems),
+            report=data,
+        )
     if absent:
         raise ValidationError(
             "bias", f"{len(absent)} baked bias(es) absent after reload, e.g. {absent[0]}", report=data

@@ -187,3 +187,30 @@ def output_tensors(directory: Path) -> dict[str, Any]:
     for shard in shards:
         out.update(load_file(directory / shard))
     return out
+
+
+#: Llama 3's rope: base 500000 and llama3 frequency scaling (factor 8 over an original 64 positions here, so the
+#: scaling acts inside the tiny model's 256 positions).
+LLAMA3_ROPE = {
+    "rope_type": "llama3",
+    "factor": 8.0,
+    "low_freq_factor": 1.0,
+    "high_freq_factor": 4.0,
+    "original_max_position_embeddings": 64,
+}
+
+
+def as_transformers4_layout(directory: Path, *, rope_theta: float, rope_scaling: dict[str, Any] | None) -> Path:
+    """Rewrite a saved tiny model's ``config.json`` and ``tokenizer_config.json`` the way transformers 4.57 writes them:
+    top-level ``rope_theta`` / ``rope_scaling`` and no ``rope_parameters``, keys sorted, two-space indent;
+    ``tokenizer_class`` ``PreTrainedTokenizerFast`` (what Llama 3's own repositories name)."""
+    import json
+
+    config = json.loads((directory / "config.json").read_text())
+    config.pop("rope_parameters", None)
+    config.update(rope_theta=rope_theta, rope_scaling=rope_scaling, transformers_version="4.57.6")
+    (directory / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    tokenizer = json.loads((directory / "tokenizer_config.json").read_text())
+    tokenizer["tokenizer_class"] = "PreTrainedTokenizerFast"
+    (directory / "tokenizer_config.json").write_text(json.dumps(tokenizer, indent=2, ensure_ascii=False) + "\n")
+    return directory

@@ -14,6 +14,7 @@ from bakesteer import ConvertOptions, convert
 from bakesteer.architectures import REGISTRY, spec_for
 from bakesteer.architectures.registry import REFUSED
 from bakesteer.architectures.table import END, START, support_table
+from bakesteer.configfiles import reader_mismatches
 from bakesteer.errors import UnsupportedArchitectureError
 from bakesteer.hooks import steering
 from bakesteer.validation import FLOOR_FACTOR, FP32_TOLERANCE
@@ -56,6 +57,14 @@ def test_entry_bakes_exactly(model_type: str, dtype: str, sources, prompt_files,
     assert reloaded.model_type == written["model_type"] == expected_type
     for key, value in result.metadata["architecture"]["config_updates"].items():
         assert written[key] == value and getattr(reloaded, key) == value  # config round-trip
+    # the source's own config.json, with only the bake's keys changed; read alike by transformers 4 (issue 17)
+    assert reader_mismatches(written, reloaded) == []
+    if spec.remap is None:
+        source_raw = json.loads((src / "config.json").read_text())
+        changed = {k for k in source_raw if source_raw[k] != written.get(k)} | (set(written) - set(source_raw))
+        bake_keys = {"model_type", "architectures", "auto_map"} if remote else set()
+        allowed = set(result.metadata["architecture"]["config_updates"]) | {"dtype"} | bake_keys
+        assert changed <= allowed, changed - allowed
     if remote:
         with pytest.raises(ValueError):  # a plain load fails loudly instead of silently dropping the steering
             AutoConfig.from_pretrained(result.output)
