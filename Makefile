@@ -25,7 +25,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 demo: install
-	$(BIN)/bakesteer demo --output demo-output --alpha 1
+	$(BIN)/bakesteer demo --output demo-output --alpha 1 --overwrite
 
 # llama-cpp: llama.cpp's source and converter, read by the fast tier's export tests (a pinned download from PyPI).
 test: install llama-cpp

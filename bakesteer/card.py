@@ -108,11 +108,6 @@ def render_card(metadata: dict[str, Any], *, license_: dict[str, str] | None = N
         license_link=(license_ or {}).get("license_link"),
     )
     flags = ", ".join(f"{k}={json.dumps(val)}" for k, val in arch["config_updates"].items())
-    runtime_note = (
-        "vLLM and llama.cpp read the biases because the checkpoint is a standard architecture with them switched on."
-        if set(arch["runtimes"]) > {"transformers"}
-        else "Other runtimes are not known to apply the offset: use transformers."
-    )
     template = card_template()
     sweep = metadata.get("sweep")
     sweep_rows = []
@@ -143,8 +138,7 @@ def render_card(metadata: dict[str, Any], *, license_: dict[str, str] | None = N
         plot=PLOT_FILENAME,
         repo_id=REPO_PLACEHOLDER,
         v=v,
-        runtimes=arch["runtimes"],
-        runtime_note=runtime_note,
+        readers=metadata.get("readers"),
         command=command_line(metadata),
         fingerprint=metadata["fingerprint"],
         calibration_prompts=positive["calibration"] + negative["calibration"],

@@ -106,10 +106,26 @@ def _setup(quiet: bool, debug: bool) -> None:
         set_progress_bars(False)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``timeout``, CI cancellation, ``docker stop``), raised where the program is so that the same clean-up
+    as for Ctrl-C runs (staging and scratch directories removed, the previous output untouched)."""
+
+
+def _terminate(signum: int, frame: Any) -> None:
+    raise Terminated()
+
+
 def _run(debug: bool, action: Callable[[], Any]) -> Any:
-    """The one error boundary: known errors become one line and their exit code; --debug shows the traceback."""
+    """The one error boundary: known errors become one line and their exit code; --debug shows the traceback.
+    SIGINT exits 130 and SIGTERM 143, each after the clean-up."""
+    import signal
+
+    previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         return action()
+    except Terminated:
+        click.echo("bakesteer: terminated (SIGTERM); nothing was written", err=True)
+        sys.exit(143)
     except BakesteerError as err:
         if debug:
             raise
@@ -127,6 +143,8 @@ def _run(debug: bool, action: Callable[[], Any]) -> Any:
             err=True,
         )
         sys.exit(1)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _options(values: dict[str, Any]) -> ConvertOptions:
@@ -161,6 +179,10 @@ def convert(model: str, output: Path, report: Path | None, quiet: bool, debug: b
     def action() -> Any:
         from bakesteer.pipeline import convert as run_convert
 
+        if report is not None:
+            from bakesteer.writer import check_file_target
+
+            check_file_target(report, "--report")
         return run_convert(model, output, options)
 
     result = _run(debug, action)
@@ -482,6 +504,10 @@ def publish(
     def action() -> Any:
         from bakesteer.publish import publish as run_publish
 
+        if report is not None:
+            from bakesteer.writer import check_file_target
+
+            check_file_target(report, "--report")
         return run_publish(
             variants_file,
             dry_run=dry_run or plan_json,
@@ -602,18 +628,19 @@ def export(
     type=click.Path(path_type=Path, file_okay=False),
     default=Path("demo-output"),
     show_default=True,
-    help="Output directory (replaced if it exists).",
+    help="Output directory.",
 )
 @click.option("--alpha", type=float, default=1.0, show_default=True, help="Steering strength k.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing output directory.")
 @common_flags
-def demo(output: Path, alpha: float, quiet: bool, debug: bool) -> None:
+def demo(output: Path, alpha: float, overwrite: bool, quiet: bool, debug: bool) -> None:
     """Convert the embedded SmolLM2-135M-Instruct GGUF offline and compare base and baked answers."""
     _setup(quiet, debug)
 
     def action() -> Any:
         from bakesteer.demo import run_demo
 
-        return run_demo(output, alpha=alpha)
+        return run_demo(output, alpha=alpha, overwrite=overwrite)
 
     result, answers = _run(debug, action)
     if not quiet:

@@ -61,8 +61,9 @@ def greedy_answers(
     return answers
 
 
-def run_demo(output: Path, *, alpha: float = 1.0) -> tuple[Any, list[tuple[str, str, str]]]:
-    """Convert the embedded model with ``alpha`` into ``output`` (replacing it) and answer two prompts with both.
+def run_demo(output: Path, *, alpha: float = 1.0, overwrite: bool = False) -> tuple[Any, list[tuple[str, str, str]]]:
+    """Convert the embedded model with ``alpha`` into ``output`` and answer two prompts with both. An existing
+    non-empty ``output`` is replaced only with ``overwrite`` (the same rule as ``convert``).
 
     Returns:
         The :class:`~bakesteer.pipeline.ConvertResult` and ``(prompt, base answer, baked answer)`` triples.
@@ -70,7 +71,7 @@ def run_demo(output: Path, *, alpha: float = 1.0) -> tuple[Any, list[tuple[str, 
     from bakesteer.pipeline import convert
 
     gguf = smollm2_gguf()
-    result = convert(str(gguf), output, ConvertOptions(alpha=alpha, overwrite=True))
+    result = convert(str(gguf), output, ConvertOptions(alpha=alpha, overwrite=overwrite))
     base = greedy_answers(gguf.parent, DEMO_PROMPTS, gguf_file=gguf.name)
     baked = greedy_answers(result.output, DEMO_PROMPTS)
     return result, list(zip(DEMO_PROMPTS, base, baked, strict=True))

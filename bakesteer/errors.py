@@ -123,6 +123,26 @@ class OutputExistsError(BakesteerError, FileExistsError):
         )
 
 
+class OutputIsSourceError(BakesteerError, ValueError):
+    """The output would replace, contain or sit inside the source model (``--overwrite`` would destroy it).
+
+    Attributes:
+        path: The output directory.
+        source: The source model's path.
+        relation: ``is``, ``contains`` or ``lies inside``.
+    """
+
+    def __init__(self, path: str | Path, source: str | Path, relation: str) -> None:
+        self.path, self.source, self.relation = str(path), str(source), relation
+        what = {"is": "is the source model", "contains": "contains the source model"}.get(
+            relation, "lies inside the source model's directory"
+        )
+        super().__init__(
+            f"output directory {self.path} {what} ({self.source})",
+            hint="choose an --output outside the model; bakesteer never writes into or over its source",
+        )
+
+
 class ValidationError(BakesteerError, AssertionError):
     """The baked checkpoint, reloaded from disk, does not reproduce the hooked model.
 

@@ -24,6 +24,9 @@ import torch
 
 from bakesteer import __version__
 from bakesteer.architectures import ArchitectureSpec, spec_for
+from bakesteer.architectures.readers import COMMAND as READER_COMMAND
+from bakesteer.architectures.readers import MODELS as READER_MODELS
+from bakesteer.architectures.readers import loads_in, oldest_transformers
 from bakesteer.bake import BiasPlan, bias_plan, output_config_text, write_remote_code
 from bakesteer.batching import pad_token_id
 from bakesteer.calibration import difference_of_means, mean_norms, residual_statistics, unit_directions
@@ -46,6 +49,7 @@ from bakesteer.validation import ValidationReport, reference_outputs, validate_c
 from bakesteer.vector import VECTOR_FILENAME, SteeringVector
 from bakesteer.writer import (
     AtomicDirectory,
+    check_apart,
     check_output,
     normalise_modes,
     save_tokenizer,
@@ -208,6 +212,7 @@ def compute_vector(model: str, output: Path, options: ConvertOptions | None = No
     """
     options = options or ConvertOptions()
     output = Path(output)
+    check_apart(output, model)
     if output.exists() and not options.overwrite:
         from bakesteer.errors import OutputExistsError
 
@@ -360,7 +365,7 @@ def convert(model: str, output: Path, options: ConvertOptions | None = None) -> 
     started = time.perf_counter()
     timer = _Timer()
     output = Path(output)
-    check_output(output.absolute(), overwrite=options.overwrite)
+    check_output(output.absolute(), overwrite=options.overwrite, source=model)
     with timer.stage("resolve"):
         source, config, spec, band = _prepare(model, options)
     vector_file = _vector_file(options, config)
@@ -376,7 +381,7 @@ def convert(model: str, output: Path, options: ConvertOptions | None = None) -> 
             empty.seconds = time.perf_counter() - started
             return empty
 
-    with AtomicDirectory(output, overwrite=options.overwrite) as staging:
+    with AtomicDirectory(output, overwrite=options.overwrite, source=model) as staging:
         if source.gguf_file:
             with timer.stage("dequantize"):
                 source = materialize_gguf(source, resolve_dtype(options.dtype, source), staging.scratch)
@@ -530,6 +535,14 @@ def _metadata(
         "options": options.record(),
         "output": {"dtype": str(dtype).removeprefix("torch."), "weight_files": written},
         "validation": report.to_dict(),
+        "readers": {
+            "oldest_transformers": oldest_transformers(spec),
+            "loads_in": loads_in(
+                spec, transformers_version=transformers.__version__, relative_diff=report.relative_diff
+            ),
+            "measured_on": READER_MODELS,
+            "measured_by": READER_COMMAND,
+        },
         "environment": {
             "python": platform.python_version(),
             "torch": torch.__version__,

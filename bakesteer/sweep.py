@@ -435,7 +435,7 @@ def sweep(
 
     options = options or ConvertOptions()
     check_grid([float(a) for a in alphas], list(modes))
-    with AtomicDirectory(Path(output), overwrite=options.overwrite) as staging:
+    with AtomicDirectory(Path(output), overwrite=options.overwrite, source=model) as staging:
         with load_for_measurement(model, options, staging.scratch, alphas=tuple(alphas)) as loaded:
             inputs = measurement_inputs(loaded.tokenizer, loaded.model, options, loaded.positive, loaded.negative)
             result = sweep_loaded(

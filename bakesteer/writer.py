@@ -25,7 +25,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from bakesteer.bake import BiasPlan
-from bakesteer.errors import OutputExistsError
+from bakesteer.errors import OutputExistsError, OutputIsSourceError
 from bakesteer.progress import bar
 from bakesteer.source import INDEX_FILE, SINGLE_FILE
 
@@ -48,10 +48,13 @@ class AtomicDirectory:
         scratch: A temporary directory deleted on exit, committed or not.
     """
 
-    def __init__(self, target: Path, *, overwrite: bool = False) -> None:
+    def __init__(self, target: Path, *, overwrite: bool = False, source: str | Path | None = None) -> None:
         self.target = Path(target).absolute()
         self.overwrite = overwrite
-        check_output(self.target, overwrite=overwrite)
+        self.source = source
+        check_output(self.target, overwrite=True, source=source)  # never clear debris beside a refused output
+        self.recovered = recover_interrupted(self.target)
+        check_output(self.target, overwrite=overwrite, source=source)
         tag = uuid.uuid4().hex[:8]
         self._created: list[Path] = []
         parent = self.target.parent
@@ -70,7 +73,7 @@ class AtomicDirectory:
 
     def commit(self) -> Path:
         """Move the staging directory onto the target. Returns the target."""
-        check_output(self.target, overwrite=self.overwrite)
+        check_output(self.target, overwrite=self.overwrite, source=self.source)
         old = None
         if self.target.exists():
             old = self.target.parent / f".{self.target.name}.bakesteer-{uuid.uuid4().hex[:8]}.old"
@@ -94,16 +97,83 @@ class AtomicDirectory:
                     break
 
 
-def check_output(target: Path, *, overwrite: bool) -> None:
-    """Refuse an existing file, or an existing non-empty directory unless ``overwrite``.
+def recover_interrupted(target: Path) -> list[str]:
+    """Clear what a killed run (SIGKILL, power loss) left beside ``target``: its hidden staging and scratch
+    directories are removed; a previous output moved aside by an interrupted commit is put back when ``target`` is
+    missing (else removed). Each step is logged as a warning.
+
+    Returns:
+        One line per step taken.
+    """
+    steps: list[str] = []
+    parent = target.parent
+    if not parent.is_dir():
+        return steps
+    prefix = f".{target.name}.bakesteer-"
+    leftovers = sorted(p for p in parent.iterdir() if p.name.startswith(prefix))
+    for old in (p for p in leftovers if p.name.endswith(".old")):
+        if not target.exists():
+            old.rename(target)
+            steps.append(f"restored {target.name} from {old.name}, left by an interrupted run")
+        else:
+            shutil.rmtree(old) if old.is_dir() else old.unlink()
+            steps.append(f"removed {old.name}, the previous output an interrupted run had replaced")
+    for debris in (p for p in leftovers if p.name.endswith((".partial", ".scratch"))):
+        shutil.rmtree(debris, ignore_errors=True) if debris.is_dir() else debris.unlink(missing_ok=True)
+        steps.append(f"removed {debris.name}, left by an interrupted run")
+    for step in steps:
+        logger.warning("%s", step)
+    return steps
+
+
+def check_output(target: Path, *, overwrite: bool, source: str | Path | None = None) -> None:
+    """Refuse an existing file, an existing non-empty directory unless ``overwrite``, and an output that is, contains
+    or lies inside ``source`` (a local model directory or file; anything else is not checked).
 
     Raises:
+        OutputIsSourceError: the output and the source overlap (checked first: ``overwrite`` never applies).
         OutputExistsError: the output would replace something.
     """
+    if source is not None:
+        check_apart(target, source)
     if target.is_file() or target.is_symlink():
         raise OutputExistsError(target)
     if target.is_dir() and any(target.iterdir()) and not overwrite:
         raise OutputExistsError(target)
+
+
+def check_file_target(path: Path, option: str) -> None:
+    """Refuse a file to write later (``--report``) whose directory is missing or not writable, or that is a
+    directory: checked before any work, so a finished run never fails on its last step.
+
+    Raises:
+        OptionError: the file cannot be written there.
+    """
+    from bakesteer.errors import OptionError
+
+    parent = Path(path).absolute().parent
+    if not parent.is_dir():
+        raise OptionError(option, str(path), reason=f"its directory {parent} does not exist", hint="create it first")
+    if Path(path).is_dir():
+        raise OptionError(option, str(path), reason="it is a directory", hint="pass a file path")
+    if not os.access(parent, os.W_OK):
+        raise OptionError(option, str(path), reason=f"{parent} is not writable", hint="pass a path you can write")
+
+
+def check_apart(target: Path, source: str | Path) -> None:
+    """Refuse an output directory that is ``source``, contains it, or lies inside it (``source`` as the user gave it:
+    a path that does not exist, a Hub id, is not a local model and passes).
+
+    Raises:
+        OutputIsSourceError: they overlap.
+    """
+    path = Path(source).expanduser()
+    if not path.exists():
+        return
+    src, out = path.resolve(), Path(target).expanduser().resolve()
+    relation = "is" if out == src else "contains" if out in src.parents else "lies inside" if src in out.parents else ""
+    if relation:
+        raise OutputIsSourceError(target, source, relation)
 
 
 def _link_or_copy(src: Path, dst: Path) -> None:

@@ -40,7 +40,10 @@ def test_card_parses_and_carries_every_field(converted) -> None:
         "![Mean residual norm by layer; the steered band is shaded](mu.png)",
         "| greedy continuation (32 tokens) | identical |",
         'AutoModelForCausalLM.from_pretrained("REPO_ID")',
-        "- vllm",
+        "| vLLM (CPU build) | 0.32.0 | loaded and run in bakesteer's slow tier | 0.0001 |",
+        "| transformers | 4.57.6 | config.json read as transformers 4.57.6 reads it: the rope, norm and vocabulary "
+        "fields agree (this conversion); loaded and run in bakesteer's slow tier | 1e-05 |",
+        "Needs transformers >= 4.57.6. Readers not listed were not checked.",
         "What that does to the model's answers was not measured for this card; `bakesteer eval` measures it.",
         "bakesteer convert llama --alpha -1.5 --layers 1-3 --output OUTPUT",
         converted.metadata["fingerprint"],
@@ -48,6 +51,9 @@ def test_card_parses_and_carries_every_field(converted) -> None:
     ):
         assert needle in text, needle
     assert text.count("\n| ") >= 6  # the validation table rows survive (no stray pipes)
+    validated = converted.validation.relative_diff
+    assert f"| transformers | {converted.metadata['environment']['transformers']} | reloaded from disk" in text
+    assert f"in this conversion | {validated:.3g} |" in text
     # nothing is claimed that was not measured: no effect section, no install line for a package not on PyPI
     assert "## Measured effect" not in text and "refuse more" not in text and "pip install" not in text
 

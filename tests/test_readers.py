@@ -62,7 +62,8 @@ def _run(reader: str, directory: Path, ids: list[list[int]], tmp: Path, *extra: 
         timeout=900,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    info = json.loads(proc.stdout.strip().splitlines()[-1])
+    (line,) = [line for line in proc.stdout.splitlines() if line.startswith("READER-RESULT ")]
+    info = json.loads(line.removeprefix("READER-RESULT "))
     return np.load(out), info
 
 

@@ -9,6 +9,10 @@ exceeds it), so a card that quotes it quotes a measurement.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
+
+from bakesteer.architectures import transformers4
+from bakesteer.architectures.registry import ArchitectureSpec
 
 #: The command that measures the figures below.
 COMMAND = "make test-slow (tests/test_readers.py, tests/test_llamacpp.py)"
@@ -44,9 +48,77 @@ READER_RUNS: tuple[ReaderRun, ...] = (
     ReaderRun("transformers4", "transformers", "4.57.6", frozenset({"llama"}), 1e-5),
     ReaderRun("mlx-lm", "mlx-lm (mlx-cpu)", "0.32.2", frozenset({"llama"}), 1e-5),
     ReaderRun("vllm", "vLLM (CPU build)", "0.32.0", frozenset({"llama"}), 1e-4),
+    # `bakesteer export --gguf f32`, last-token logits against the baked checkpoint in transformers (SmolLM2 only)
+    ReaderRun("llama.cpp", "llama.cpp (llama-cpp-python)", "0.3.36", frozenset({"llama"}), 1e-4),
 )
 
 
 def runs_for(model_type: str) -> list[ReaderRun]:
     """The reader runs that loaded outputs of ``model_type``."""
     return [run for run in READER_RUNS if model_type in run.families]
+
+
+def _output_family(spec: ArchitectureSpec) -> str:
+    return spec.remap.target if spec.remap is not None else spec.model_type
+
+
+def oldest_transformers(spec: ArchitectureSpec) -> str:
+    """The oldest transformers an output of ``spec`` was checked with: the transformers 4 release whose reading is
+    checked at every conversion, or 5.0 where transformers 4 lacks the output family or the modeling file needs 5."""
+    if spec.remote is not None or not transformers4.knows(_output_family(spec)):
+        return "5.0"
+    return transformers4.VERSION
+
+
+def loads_in(spec: ArchitectureSpec, *, transformers_version: str, relative_diff: float) -> list[dict[str, Any]]:
+    """The card's "Loads in" rows for an output of ``spec``: each reader it names, its version, how the claim was
+    checked and the measured difference from the hooked model (``None`` where none was measured).
+
+    Args:
+        transformers_version: The transformers that validated this conversion.
+        relative_diff: That validation's max |Δlogit| / max |logit|.
+    """
+    from bakesteer.architectures.table import runtime_checks
+
+    family = _output_family(spec)
+    run = {r.key: r for r in runs_for(family)}
+    rows: list[dict[str, Any]] = [
+        {
+            "reader": "transformers",
+            "version": transformers_version,
+            "check": "reloaded from disk and compared with the hooked model in this conversion",
+            "difference": relative_diff,
+        }
+    ]
+    if oldest_transformers(spec) != "5.0":
+        measured = run.get("transformers4")
+        rows.append(
+            {
+                "reader": "transformers",
+                "version": transformers4.VERSION,
+                "check": f"config.json read as transformers {transformers4.VERSION} reads it: the rope, norm and "
+                "vocabulary fields agree (this conversion)"
+                + ("; loaded and run in bakesteer's slow tier" if measured else ""),
+                "difference": measured.max_relative_diff if measured else None,
+            }
+        )
+    if "mlx-lm" in run:
+        rows.append(_measured(run["mlx-lm"]))
+    for runtime, check in runtime_checks(spec).items():
+        if runtime == "transformers":
+            continue
+        key = {"vllm": "vllm", "llama.cpp": "llama.cpp"}[runtime]
+        if key in run:
+            rows.append(_measured(run[key]))
+        else:
+            rows.append({"reader": runtime, "version": None, "check": check, "difference": None})
+    return rows
+
+
+def _measured(run: ReaderRun) -> dict[str, Any]:
+    return {
+        "reader": run.name,
+        "version": run.version,
+        "check": "loaded and run in bakesteer's slow tier",
+        "difference": run.max_relative_diff,
+    }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from bakesteer.architectures.readers import oldest_transformers, runs_for
 from bakesteer.architectures.registry import (
     LLAMA_CPP_COMMIT,
     LLAMA_CPP_GRAPHS,
@@ -63,9 +64,9 @@ def control_vector_check(model_type: str) -> str:
 def support_table() -> str:
     """Markdown tables of supported and refused families, between the README markers."""
     rows = [
-        "| model_type | strategy | runtimes that apply the baked offset (how checked) | llama.cpp control vector "
-        "| how |",
-        "| --- | --- | --- | --- | --- |",
+        "| model_type | strategy | oldest transformers | runtimes that apply the baked offset (how checked) "
+        "| other readers run (slow tier) | llama.cpp control vector | how |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     for name in sorted(REGISTRY):
         spec = REGISTRY[name]
@@ -75,7 +76,12 @@ def support_table() -> str:
         if spec.remap:
             how += f" → `{spec.remap.target}`"
         runtimes = "; ".join(f"{runtime} ({check})" for runtime, check in runtime_checks(spec).items())
-        rows.append(f"| `{name}` | {how} | {runtimes} | {control_vector_check(name)} | {spec.notes} |")
+        oldest = oldest_transformers(spec)
+        oldest += " (config reading checked)" if oldest != "5.0" else ""
+        ran = ", ".join(f"{run.name} {run.version}" for run in runs_for(output_family(spec))) or "—"
+        rows.append(
+            f"| `{name}` | {how} | {oldest} | {runtimes} | {ran} | {control_vector_check(name)} | {spec.notes} |"
+        )
     if REFUSED:
         rows += ["", "Refused, with the reason the error gives:", "", "| model_type | reason | way forward |"]
         rows += ["| --- | --- | --- |"]

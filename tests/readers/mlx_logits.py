@@ -19,4 +19,7 @@ for ids in json.loads(ids_json):
     rows.append(np.array(logits))
 np.save(out, np.concatenate(rows))
 tokens = tokenizer.encode("How do I bake bread?")
-print(json.dumps({"version": version("mlx-lm"), "tokenizer_class": type(tokenizer).__name__, "tokens": tokens}))
+print(
+    "READER-RESULT",
+    json.dumps({"version": version("mlx-lm"), "tokenizer_class": type(tokenizer).__name__, "tokens": tokens}),
+)

