@@ -236,6 +236,8 @@ class ConvertOptions:
             from bakesteer.placement import parse_max_memory
 
             parse_max_memory(self.max_memory)
+        if self.push_to_hub is not None:
+            check_repo_id(self.push_to_hub, "--push-to-hub")
         for name in ("batch_size", "probes", "greedy_tokens", "max_new_tokens", "generation_batch_size"):
             if int(getattr(self, name)) < 1:
                 flag = "--" + name.replace("_", "-")
@@ -244,6 +246,22 @@ class ConvertOptions:
             raise OptionError(
                 "--probes", self.probes, reason="needs one prompt from each set", hint="pass --probes 2 or more"
             )
+
+
+def check_repo_id(repo_id: str, option: str) -> None:
+    """A Hub repository id as the Hub accepts it (``owner/name``, no ``..`` or ``--``, at most 96 characters).
+
+    Raises:
+        OptionError: it is malformed (the Hub client's own validation, named).
+    """
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as err:
+        reason = str(err).splitlines()[0].split(f": '{repo_id}'")[0].rstrip(".")
+        raise OptionError(option, repo_id, reason=reason, hint="use OWNER/NAME, e.g. my-org/smollm2-steered") from None
 
 
 def _round_half_up(x: Fraction) -> int:

@@ -31,12 +31,19 @@ from bakesteer.bake import BiasPlan, bias_plan, output_config_text, write_remote
 from bakesteer.batching import pad_token_id
 from bakesteer.calibration import difference_of_means, mean_norms, residual_statistics, unit_directions
 from bakesteer.card import METADATA_FILENAME, source_license, write_card
-from bakesteer.configfiles import CONFIG_FILE, GENERATION_CONFIG_FILE, copy_small_files, is_tokenizer_file
+from bakesteer.checkfiles import check_weights_fit
+from bakesteer.configfiles import (
+    CONFIG_FILE,
+    GENERATION_CONFIG_FILE,
+    copy_small_files,
+    is_tokenizer_file,
+    tokenizer_class_for_4,
+)
 from bakesteer.dequantize import materialize_gguf
 from bakesteer.fingerprint import metadata_fingerprint
 from bakesteer.options import ConvertOptions, check_alpha_for_model, parse_layers
 from bakesteer.placement import Placement, placement_from
-from bakesteer.prompts import PromptSet, load_prompt_set, render_prompts
+from bakesteer.prompts import PromptSet, context_length, load_prompt_set, render_prompts
 from bakesteer.source import (
     ModelSource,
     free_memory,
@@ -44,8 +51,9 @@ from bakesteer.source import (
     load_model,
     resolve_dtype,
     resolve_source,
+    weight_keys,
 )
-from bakesteer.validation import ValidationReport, reference_outputs, validate_checkpoint
+from bakesteer.validation import ValidationReport, check_tokenizer, reference_outputs, validate_checkpoint
 from bakesteer.vector import VECTOR_FILENAME, SteeringVector
 from bakesteer.writer import (
     AtomicDirectory,
@@ -150,8 +158,13 @@ def calibrate(
     """
     pad_id = pad_token_id(tokenizer)
     kwargs = {"batch_size": options.batch_size, "pad_id": pad_id}
-    pos_ids = render_prompts(tokenizer, positive.calibration, chat_template=options.chat_template)
-    neg_ids = render_prompts(tokenizer, negative.calibration, chat_template=options.chat_template)
+    limit = context_length(model)
+    pos_ids = render_prompts(
+        tokenizer, positive.calibration, chat_template=options.chat_template, limit=limit, name=positive.name
+    )
+    neg_ids = render_prompts(
+        tokenizer, negative.calibration, chat_template=options.chat_template, limit=limit, name=negative.name
+    )
     pos = residual_statistics(model, spec, pos_ids, desc="calibrating (positive)", **kwargs)
     neg = residual_statistics(model, spec, neg_ids, desc="calibrating (negative)", **kwargs)
     directions, diff_norms = unit_directions(difference_of_means(pos, neg))
@@ -175,6 +188,14 @@ def _prepare(model: str, options: ConvertOptions) -> tuple[ModelSource, Any, Arc
     config = load_config(source)
     spec = spec_for(config, allow_remote_code=options.allow_remote_code)
     text = config.get_text_config()  # the config itself, or a multimodal model's language part
+    if not source.gguf_file:
+        check_weights_fit(
+            weight_keys(source),
+            model=source.model_id,
+            model_type=str(config.model_type),
+            layers=spec.layers,
+            num_layers=int(text.num_hidden_layers),
+        )
     band = parse_layers(options.layers, int(text.num_hidden_layers))
     if not options.auto:
         check_alpha_for_model(float(options.alpha), int(text.hidden_size))
@@ -406,7 +427,13 @@ def convert(model: str, output: Path, options: ConvertOptions | None = None) -> 
 
         pad_id = pad_token_id(tokenizer)
         probe_prompts = interleave(positive.heldout, negative.heldout, options.probes)
-        probes = render_prompts(tokenizer, probe_prompts, chat_template=options.chat_template)
+        probes = render_prompts(
+            tokenizer,
+            probe_prompts,
+            chat_template=options.chat_template,
+            limit=context_length(loaded),
+            name=f"{positive.name} or {negative.name}",
+        )
         io = {"batch_size": options.batch_size, "pad_id": pad_id, "greedy_tokens": options.greedy_tokens}
         with timer.stage("reference"):
             reference = reference_outputs(loaded, spec, offsets, probes, folder=staging.scratch, **io)
@@ -424,7 +451,9 @@ def convert(model: str, output: Path, options: ConvertOptions | None = None) -> 
                 generation_config.save_pretrained(staging.path)
             if not any(is_tokenizer_file(name) for name in copied):
                 save_tokenizer(tokenizer, staging.path)
+            tokenizer_class = tokenizer_class_for_4(staging.path)  # a class only transformers 5 has is renamed
         with timer.stage("validate"):
+            check_tokenizer(staging.path, tokenizer, probe_prompts, chat_template=options.chat_template)
             report = validate_checkpoint(
                 staging.path,
                 reference,
@@ -440,6 +469,7 @@ def convert(model: str, output: Path, options: ConvertOptions | None = None) -> 
         vector.save(staging.path / VECTOR_FILENAME, band=band, alpha=k)
         offset_norms = {layer: float(offsets[layer].norm()) for layer in range(*band)}
         metadata = _metadata(source, spec, vector, options, k, band, plan, offsets, written, dtype, report)
+        metadata["output"]["tokenizer_class"] = tokenizer_class
         if auto is not None:
             metadata["sweep"] = auto  # write_card draws its plot
         if options.eval:

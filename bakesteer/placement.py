@@ -46,6 +46,15 @@ def parse_max_memory(text: str) -> dict[int | str, str]:
         out[int(device) if device.isdigit() else device] = size.replace(" ", "")
     if not out:
         raise OptionError("--max-memory", text, reason="no device given", hint=hint)
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    for key in out:
+        if isinstance(key, int) and key >= gpus:
+            raise OptionError(
+                "--max-memory",
+                text,
+                reason=f"GPU {key} does not exist here ({gpus} CUDA device{'s' if gpus != 1 else ''})",
+                hint="use cpu=SIZE, or the index of a GPU this machine has",
+            )
     return out
 
 

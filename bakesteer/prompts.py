@@ -150,14 +150,38 @@ def load_prompt_set(path: Path | None, role: str) -> PromptSet:
     if not path.is_file():
         raise PromptSetError(path.name, reason="file not found", hint=f"check the {ROLE_FLAGS[role]} path")
     try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as err:
-        raise PromptSetError(path.name, reason=f"cannot read it ({err})", hint="save it as UTF-8 text") from None
+        data = path.read_bytes()
+    except OSError as err:
+        reason = f"cannot read it ({err.strerror})"
+        raise PromptSetError(path.name, reason=reason, hint="check its permissions") from None
+    nul = data.find(b"\x00", 0, 65536)
+    if nul >= 0:
+        raise PromptSetError(
+            path.name,
+            reason=f"is binary, not text (a NUL byte at offset {nul})",
+            hint=f"pass a text file: {_FORMAT_HINT}",
+        )
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise PromptSetError(
+            path.name,
+            reason=f"is not UTF-8 text (byte 0x{data[err.start]:02x} at offset {err.start})",
+            hint="save it as UTF-8 (e.g. iconv -f latin1 -t utf-8)",
+        ) from None
     return make_prompt_set(path.name, parse_prompts(text, path))
 
 
-def render_prompts(tokenizer: Any, prompts: tuple[str, ...] | list[str], *, chat_template: bool) -> list[list[int]]:
-    """Token ids for each prompt.
+def render_prompts(
+    tokenizer: Any,
+    prompts: tuple[str, ...] | list[str],
+    *,
+    chat_template: bool,
+    limit: int | None = None,
+    name: str = "",
+) -> list[list[int]]:
+    """Token ids for each prompt (checked against the model's context ``limit`` when given, see
+    :func:`check_lengths`; ``name`` is the set's name for the error).
 
     With ``chat_template`` and a tokenizer that has one, each prompt becomes a single user turn followed by the
     generation prompt; the template already writes the special tokens, so none are added again. Otherwise the
@@ -173,7 +197,31 @@ def render_prompts(tokenizer: Any, prompts: tuple[str, ...] | list[str], *, chat
             ids.append(list(tokenizer(text, add_special_tokens=False)["input_ids"]))
         else:
             ids.append(list(tokenizer(prompt, add_special_tokens=True)["input_ids"]))
+    if limit:
+        check_lengths(ids, tuple(prompts), name=name, limit=limit)
     return ids
+
+
+def context_length(model: Any) -> int | None:
+    """The longest sequence the model's positions allow (``max_position_embeddings``), if its config says."""
+    config = model.config.get_text_config()
+    value = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+    return int(value) if value else None
+
+
+def check_lengths(ids: list[list[int]], prompts: PromptSet | tuple[str, ...], *, name: str, limit: int) -> None:
+    """Refuse a prompt longer than the model's context (its tokens would be padded into every batch and the attention
+    would be sized for it).
+
+    Raises:
+        PromptSetError: a prompt has more than ``limit`` tokens.
+    """
+    for index, row in enumerate(ids):
+        if len(row) > limit:
+            texts = prompts.prompts if isinstance(prompts, PromptSet) else prompts
+            start = texts[index][:40].replace("\n", " ") if index < len(texts) else ""
+            reason = f"the prompt starting {start!r} is {len(row)} tokens, longer than the model's context of {limit}"
+            raise PromptSetError(name, reason=reason, hint="shorten or split it")
 
 
 def reference_text() -> str:

@@ -5,9 +5,9 @@ Only safetensors and GGUF are read; a pickle checkpoint (``.bin``, ``.pt``) can 
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
-import json
 import logging
 from collections import Counter
 from collections.abc import Iterator
@@ -139,7 +139,14 @@ def find_weights(directory: Path, model: str) -> tuple[tuple[str, ...], str | No
     if (directory / SINGLE_FILE).is_file():
         return (SINGLE_FILE,), None
     if (directory / INDEX_FILE).is_file():
-        weight_map = json.loads((directory / INDEX_FILE).read_text())["weight_map"]
+        from bakesteer.checkfiles import read_json
+
+        index = read_json(directory / INDEX_FILE, model)
+        weight_map = index.get("weight_map") if isinstance(index, dict) else None
+        if not isinstance(weight_map, dict) or not weight_map:
+            raise UnsupportedCheckpointError(
+                model, reason=f"{INDEX_FILE} has no weight_map", hint=f"download {INDEX_FILE} again"
+            )
         shards = tuple(sorted(set(weight_map.values())))
         missing = [s for s in shards if not (directory / s).is_file()]
         if missing:
@@ -210,7 +217,9 @@ def _resolve_hub(model: str, revision: str | None) -> ModelSource:
     with _hub_errors(model, revision):
         path = Path(snapshot_download(model, revision=revision, allow_patterns=HUB_PATTERNS))
     # snapshot_download returns .../snapshots/<commit>: the resolved revision.
-    return ModelSource("hub", model, path.name, path, *_weights(path, model))
+    source = ModelSource("hub", model, path.name, path, *_weights(path, model))
+    check_source_files(source)
+    return source
 
 
 def _is_path(model: str) -> bool:
@@ -264,6 +273,9 @@ def resolve_source(model: str, *, revision: str | None = None) -> ModelSource:
                 reason="a single file that is not .gguf",
                 hint="pass a model directory, a Hub id or a .gguf file",
             )
+        from bakesteer.checkfiles import check_gguf
+
+        check_gguf(path, path.name)
         return ModelSource(
             "gguf", path.name, sha256_file(path), path.parent, gguf_file=path.name, quantization=gguf_file_type(path)
         )
@@ -271,10 +283,33 @@ def resolve_source(model: str, *, revision: str | None = None) -> ModelSource:
         if not (path / "config.json").is_file():
             raise ModelNotFoundError(path.name, reason="the directory has no config.json")
         _, files, index = _weights(path, path.name)
-        return ModelSource("local", path.resolve().name, directory_digest(path, files), path, None, files, index)
+        source = ModelSource("local", path.resolve().name, "", path, None, files, index)
+        check_source_files(source)
+        return dataclasses.replace(source, revision=directory_digest(path, files))
     if _is_path(model):
         raise ModelNotFoundError(model, reason="no such file or directory")
     return _resolve_hub(model, revision)
+
+
+def check_source_files(source: ModelSource) -> None:
+    """Name a damaged config, tokenizer, generation config or safetensors file before anything is loaded.
+
+    Raises:
+        UnsupportedCheckpointError: see :mod:`bakesteer.checkfiles`.
+    """
+    from bakesteer.checkfiles import check_config, check_safetensors, check_small_files
+
+    check_config(source.directory, source.model_id)
+    check_small_files(source.directory, source.model_id)
+    for name in source.weight_files:
+        check_safetensors(source.directory / name, source.model_id)
+
+
+def weight_keys(source: ModelSource) -> list[str]:
+    """Every tensor name of a safetensors source, read from the file headers (empty for GGUF)."""
+    from bakesteer.checkfiles import check_safetensors
+
+    return [key for name in source.weight_files for key in check_safetensors(source.directory / name, source.model_id)]
 
 
 def load_config(source: ModelSource) -> Any:
@@ -381,6 +416,15 @@ def load_model(source: ModelSource, dtype: torch.dtype, placement: Placement) ->
     kwargs: dict[str, Any] = {"gguf_file": source.gguf_file} if source.gguf_file else {"use_safetensors": True}
     logger.info("loading %s (%s) as %s, %s", source.model_id, source.kind, dtype, placement)
     model = load_causal_lm(source.directory, dtype, placement, **kwargs)
-    tokenizer = AutoTokenizer.from_pretrained(source.directory, **kwargs)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source.directory, **kwargs)
+    except Exception as err:  # transformers raises OSError, ValueError or the backend's own errors
+        from bakesteer.checkfiles import first_line
+
+        raise UnsupportedCheckpointError(
+            source.model_id,
+            reason=f"its tokenizer does not load ({first_line(err)})",
+            hint="restore the tokenizer files (tokenizer.json, tokenizer_config.json, ...) from the model's source",
+        ) from None
     tokenizer.padding_side = "left"
     return model, tokenizer

@@ -535,6 +535,31 @@ def _check_plain_load_refused(directory: Path) -> None:
     raise ValidationError("config", "the remote-code checkpoint loads without trust_remote_code (unsteered)")
 
 
+def check_tokenizer(directory: Path, source_tokenizer: Any, texts: list[str], *, chat_template: bool) -> None:
+    """The written tokenizer files, loaded plainly, encode ``texts`` (and render their chat turns) exactly as the
+    source's tokenizer did.
+
+    Raises:
+        ValidationError: a text is encoded differently, or the tokenizer does not load.
+    """
+    from transformers import AutoTokenizer
+
+    from bakesteer.prompts import render_prompts
+
+    try:
+        written = AutoTokenizer.from_pretrained(directory)
+    except Exception as err:  # whatever the tokenizer backend raises: reported as a failed check
+        raise ValidationError("tokenizer", f"the written tokenizer does not load ({type(err).__name__})") from None
+    for templated in (False, True) if chat_template else (False,):
+        ours = render_prompts(written, texts, chat_template=templated)
+        theirs = render_prompts(source_tokenizer, texts, chat_template=templated)
+        for text, a, b in zip(texts, ours, theirs, strict=True):
+            if a != b:
+                raise ValidationError(
+                    "tokenizer", f"the written tokenizer encodes {text[:40]!r} differently from the source's"
+                )
+
+
 def validate_checkpoint(
     directory: Path,
     reference: Reference,
