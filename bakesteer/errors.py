@@ -143,6 +143,50 @@ class OutputIsSourceError(BakesteerError, ValueError):
         )
 
 
+def human_bytes(count: float) -> str:
+    """``1.5 GiB``-style size."""
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(count) < 1024 or unit == "GiB":
+            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
+        count /= 1024
+    return f"{count:.1f} GiB"
+
+
+class OutputLocationError(BakesteerError, PermissionError):
+    """The output cannot be created where it was asked for (a read-only filesystem or directory, a file in the way).
+
+    Attributes:
+        path: The output.
+        blocker: The existing path that prevents it.
+        reason: What is wrong with ``blocker``.
+    """
+
+    def __init__(self, path: str | Path, blocker: str | Path, reason: str) -> None:
+        self.path, self.blocker, self.reason = str(path), str(blocker), reason
+        super().__init__(
+            f"cannot write {self.path}: {self.blocker} {reason}",
+            hint="choose an --output in a directory you can write",
+        )
+
+
+class DiskSpaceError(BakesteerError, OSError):
+    """Not enough free space where the output is written (found before calibrating, or on ENOSPC while writing).
+
+    Attributes:
+        directory: The directory the output, its staging copy and scratch files are written in.
+        needed: Bytes this conversion writes there (an estimate).
+        free: Bytes free there.
+    """
+
+    def __init__(self, directory: str | Path, *, needed: int, free: int) -> None:
+        self.directory, self.needed, self.free = str(directory), int(needed), int(free)
+        super().__init__(
+            f"not enough space in {self.directory}: this conversion writes about {human_bytes(self.needed)} there "
+            f"(weights, spilled reference logits and scratch files) and {human_bytes(self.free)} is free",
+            hint="free some space, or pass an --output on a larger filesystem (nothing was left behind)",
+        )
+
+
 class ValidationError(BakesteerError, AssertionError):
     """The baked checkpoint, reloaded from disk, does not reproduce the hooked model.
 

@@ -233,9 +233,9 @@ class ConvertOptions:
                 hint=f"use one of {', '.join(DEVICE_MAPS)}",
             )
         if self.max_memory is not None:
-            from bakesteer.placement import parse_max_memory
+            from bakesteer.placement import check_max_memory
 
-            parse_max_memory(self.max_memory)
+            check_max_memory(self.max_memory)
         if self.push_to_hub is not None:
             check_repo_id(self.push_to_hub, "--push-to-hub")
         for name in ("batch_size", "probes", "greedy_tokens", "max_new_tokens", "generation_batch_size"):

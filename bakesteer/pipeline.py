@@ -53,6 +53,7 @@ from bakesteer.source import (
     resolve_source,
     weight_keys,
 )
+from bakesteer.space import gguf_copy_bytes, named_disk_errors, output_bytes, require_space, spill_bytes
 from bakesteer.validation import ValidationReport, check_tokenizer, reference_outputs, validate_checkpoint
 from bakesteer.vector import VECTOR_FILENAME, SteeringVector
 from bakesteer.writer import (
@@ -402,13 +403,33 @@ def convert(model: str, output: Path, options: ConvertOptions | None = None) -> 
             empty.seconds = time.perf_counter() - started
             return empty
 
-    with AtomicDirectory(output, overwrite=options.overwrite, source=model) as staging:
+    with (
+        named_disk_errors(output) as budget,
+        AtomicDirectory(output, overwrite=options.overwrite, source=model) as staging,
+    ):
         if source.gguf_file:
+            budget.needed = gguf_copy_bytes(source.directory / source.gguf_file, resolve_dtype(options.dtype, source))
+            require_space(output, budget.needed)
             with timer.stage("dequantize"):
                 source = materialize_gguf(source, resolve_dtype(options.dtype, source), staging.scratch)
                 free_memory()
         with timer.stage("load"):
             loaded, tokenizer, dtype, placement = _load(source, options, staging.scratch)
+        # the probes are tokenised before calibrating, so that the space they spill to is checked before the work
+        pad_id = pad_token_id(tokenizer)
+        probe_prompts = interleave(positive.heldout, negative.heldout, options.probes)
+        probes = render_prompts(
+            tokenizer,
+            probe_prompts,
+            chat_template=options.chat_template,
+            limit=context_length(loaded),
+            name=f"{positive.name} or {negative.name}",
+        )
+        vocab = int(loaded.get_output_embeddings().weight.shape[0])
+        budget.needed = output_bytes(source, spec, config, dtype, output) + spill_bytes(
+            probes, options.greedy_tokens, vocab
+        )
+        require_space(output, budget.needed)
         if vector_file is None:
             with timer.stage("calibrate"):
                 vector = calibrate(loaded, tokenizer, spec, positive, negative, options)
@@ -425,15 +446,6 @@ def convert(model: str, output: Path, options: ConvertOptions | None = None) -> 
         plan = bias_plan(loaded, spec, offsets, dtype)
         config_text = output_config_text(source.directory / CONFIG_FILE, loaded.config, spec, plan, dtype)
 
-        pad_id = pad_token_id(tokenizer)
-        probe_prompts = interleave(positive.heldout, negative.heldout, options.probes)
-        probes = render_prompts(
-            tokenizer,
-            probe_prompts,
-            chat_template=options.chat_template,
-            limit=context_length(loaded),
-            name=f"{positive.name} or {negative.name}",
-        )
         io = {"batch_size": options.batch_size, "pad_id": pad_id, "greedy_tokens": options.greedy_tokens}
         with timer.stage("reference"):
             reference = reference_outputs(loaded, spec, offsets, probes, folder=staging.scratch, **io)

@@ -46,6 +46,16 @@ def parse_max_memory(text: str) -> dict[int | str, str]:
         out[int(device) if device.isdigit() else device] = size.replace(" ", "")
     if not out:
         raise OptionError("--max-memory", text, reason="no device given", hint=hint)
+    return out
+
+
+def check_max_memory(text: str) -> dict[int | str, str]:
+    """:func:`parse_max_memory`, and every GPU index it names exists on this machine.
+
+    Raises:
+        OptionError: malformed, or a GPU that is not there.
+    """
+    out = parse_max_memory(text)
     gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
     for key in out:
         if isinstance(key, int) and key >= gpus:
@@ -134,7 +144,7 @@ def placement_from(options: Any) -> Placement:
     device_map = options.device_map
     if device_map is None and (options.max_memory or options.offload_folder):
         device_map = "auto"
-    max_memory = parse_max_memory(options.max_memory) if options.max_memory else None
+    max_memory = check_max_memory(options.max_memory) if options.max_memory else None
     folder = Path(options.offload_folder) if options.offload_folder else None
     return Placement(device, device_map, max_memory, folder)
 

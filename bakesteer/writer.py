@@ -25,7 +25,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from bakesteer.bake import BiasPlan
-from bakesteer.errors import OutputExistsError, OutputIsSourceError
+from bakesteer.errors import OutputExistsError, OutputIsSourceError, OutputLocationError
 from bakesteer.progress import bar
 from bakesteer.source import INDEX_FILE, SINGLE_FILE
 
@@ -136,10 +136,37 @@ def check_output(target: Path, *, overwrite: bool, source: str | Path | None = N
     """
     if source is not None:
         check_apart(target, source)
+    check_location(target)
     if target.is_file() or target.is_symlink():
         raise OutputExistsError(target)
     if target.is_dir() and any(target.iterdir()) and not overwrite:
         raise OutputExistsError(target)
+
+
+def check_location(target: Path) -> None:
+    """The output's nearest existing ancestor is a directory this process can write, on a writable filesystem
+    (missing parents are created, as ``mkdir -p`` does).
+
+    Raises:
+        OutputLocationError: a file is in the way, or the directory or its filesystem is read-only.
+    """
+    ancestor = Path(target).absolute().parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise OutputLocationError(target, ancestor, "is a file, not a directory")
+    if os.statvfs(ancestor).f_flag & os.ST_RDONLY:
+        raise OutputLocationError(target, ancestor, "is on a read-only filesystem")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise OutputLocationError(target, ancestor, "is not writable")
+
+
+def free_bytes(target: Path) -> int:
+    """Free bytes on the filesystem the output (or its nearest existing ancestor) is on."""
+    ancestor = Path(target).absolute()
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    return shutil.disk_usage(ancestor).free
 
 
 def check_file_target(path: Path, option: str) -> None:

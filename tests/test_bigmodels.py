@@ -196,6 +196,9 @@ def test_max_memory_is_parsed_and_checked() -> None:
             parse_max_memory(bad)
     with pytest.raises(OptionError, match="unknown device map"):
         ConvertOptions(device_map="everywhere").check()
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    with pytest.raises(OptionError, match=f"GPU {gpus} does not exist here"):
+        ConvertOptions(max_memory=f"{gpus}=1GiB,cpu=1GiB").check()
     placement = Placement(torch.device("cpu"), "auto", {"cpu": "1GiB"}, None).with_offload_folder(Path("/x"))
     assert placement.load_kwargs() == {"device_map": "auto", "max_memory": {"cpu": "1GiB"}, "offload_folder": "/x"}
     assert Placement(torch.device("cpu")).load_kwargs() == {}
