@@ -9,6 +9,7 @@ import dataclasses
 import json
 import logging
 import os
+import re
 import sys
 import typing
 from collections.abc import Callable
@@ -115,6 +116,14 @@ def _terminate(signum: int, frame: Any) -> None:
     raise Terminated()
 
 
+_STAGING = re.compile(r"\.([^/\s]+?)\.bakesteer-[0-9a-f]{8}\.(?:partial|scratch|old)")
+
+
+def _public(text: str) -> str:
+    """A message with the hidden staging and scratch names replaced by the output's own name."""
+    return _STAGING.sub(r"\1", text)
+
+
 def _run(debug: bool, action: Callable[[], Any]) -> Any:
     """The one error boundary: known errors become one line and their exit code; --debug shows the traceback.
     SIGINT exits 130 and SIGTERM 143, each after the clean-up."""
@@ -129,7 +138,7 @@ def _run(debug: bool, action: Callable[[], Any]) -> Any:
     except BakesteerError as err:
         if debug:
             raise
-        click.echo(f"bakesteer: error: {err.one_line()}", err=True)
+        click.echo(f"bakesteer: error: {_public(err.one_line())}", err=True)
         sys.exit(err.exit_code)
     except KeyboardInterrupt:
         click.echo("bakesteer: interrupted; nothing was written", err=True)
@@ -137,7 +146,7 @@ def _run(debug: bool, action: Callable[[], Any]) -> Any:
     except Exception as err:  # an unexpected failure: still one line, the traceback on request
         if debug:
             raise
-        message = str(err).splitlines()[0] if str(err) else ""
+        message = _public(str(err).splitlines()[0]) if str(err) else ""
         click.echo(
             f"bakesteer: error: unexpected {type(err).__name__}: {message} (rerun with --debug for the traceback)",
             err=True,
@@ -152,7 +161,26 @@ def _options(values: dict[str, Any]) -> ConvertOptions:
     return ConvertOptions(**{k: v for k, v in values.items() if k in names})
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _OneLineGroup(click.Group):
+    """Usage errors (a bad flag, a value of the wrong kind, a path of the wrong type) as one line, like every other
+    error: ``bakesteer: error: <click's message>; see `bakesteer CMD --help```, exit 2."""
+
+    def main(self, *args: Any, **kwargs: Any) -> Any:
+        if not kwargs.pop("standalone_mode", True):
+            return super().main(*args, standalone_mode=False, **kwargs)
+        try:
+            value = super().main(*args, standalone_mode=False, **kwargs)
+        except click.UsageError as err:
+            where = " ".join(["bakesteer", *(err.ctx.command_path.split()[1:] if err.ctx is not None else [])])
+            click.echo(f"bakesteer: error: {err.format_message()}; see `{where} --help`", err=True)
+            sys.exit(err.exit_code)
+        except click.Abort:
+            click.echo("bakesteer: interrupted; nothing was written", err=True)
+            sys.exit(130)
+        sys.exit(value if isinstance(value, int) else 0)
+
+
+@click.group(cls=_OneLineGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="bakesteer")
 def main() -> None:
     """Bake norm-calibrated activation steering into ordinary Hugging Face checkpoints."""

@@ -203,7 +203,7 @@ class ValidationError(BakesteerError, AssertionError):
         self.report = report or {}
         super().__init__(
             f"validation failed ({check}): {detail}; nothing was written",
-            hint="rerun with --debug and report the bakesteer.json validation numbers",
+            hint="rerun with --debug to see every number the check measured, and report them with the command",
         )
 
 

@@ -126,7 +126,11 @@ def export_control_vector(
             source.name,
             reason="the band starts at block 0, which a llama.cpp control vector cannot address (its loader refuses "
             "direction.0 and keeps no vector for layer 0)",
-            hint="pass --layers starting at block 1 or later, e.g. --layers 1-" + str(band[1] - 1),
+            hint=(
+                f"pass --layers starting at block 1 or later, e.g. --layers 1-{band[1] - 1}"
+                if band[1] >= 2
+                else "pass a --layers band of blocks 1 or later (this model's band has no block after 0 to keep)"
+            ),
         )
     blocks = [block for block in range(*band) if bool(offsets[block].any())]
     partial = output.with_name(f".{output.name}.partial")

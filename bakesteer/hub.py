@@ -68,7 +68,7 @@ def _hub_error(repo_id: str, err: BaseException, action: str = "push to") -> Hub
     The client wraps a failed LFS upload in a ``RuntimeError`` ("Error while uploading ..."), so the cause chain is
     searched for the HTTP or transport error underneath.
     """
-    from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
+    from huggingface_hub.errors import OfflineModeIsEnabled
 
     cause: BaseException | None = err
     while cause is not None:
@@ -76,8 +76,8 @@ def _hub_error(repo_id: str, err: BaseException, action: str = "push to") -> Hub
             return HubError(
                 repo_id, None, "HF_HUB_OFFLINE is set", "unset HF_HUB_OFFLINE to reach the Hub", action=action
             )
-        if isinstance(cause, HfHubHTTPError) and cause.response is not None:
-            status = cause.response.status_code
+        status = getattr(getattr(cause, "response", None), "status_code", None)  # HfHubHTTPError, HTTPStatusError
+        if isinstance(status, int):
             reason, hint = _STATUS.get(status, (f"the Hub answered {status}", "rerun later; check the Hub's status"))
             return HubError(repo_id, status, reason, hint, action=action)
         cause = cause.__cause__

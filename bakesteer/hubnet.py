@@ -104,8 +104,23 @@ def _transport_errors() -> tuple[type[BaseException], ...]:
     return tuple(errors)
 
 
+def http_status(err: BaseException) -> int | None:
+    """The HTTP status of an answer the server did give, anywhere in ``err``'s cause chain (``HfHubHTTPError``,
+    ``httpx.HTTPStatusError``), else ``None``: a 404 is an answer, not a network failure."""
+    cause: BaseException | None = err
+    while cause is not None:
+        status = getattr(getattr(cause, "response", None), "status_code", None)
+        if isinstance(status, int):
+            return status
+        cause = cause.__cause__ or cause.__context__
+    return None
+
+
 def network_cause(err: BaseException) -> BaseException | None:
-    """The transport failure in ``err``'s cause chain (the client wraps some in ``RuntimeError``), else ``None``."""
+    """The transport failure in ``err``'s cause chain (the client wraps some in ``RuntimeError``), else ``None``; an
+    HTTP answer (see :func:`http_status`) is not one."""
+    if http_status(err) is not None:
+        return None
     cause: BaseException | None = err
     while cause is not None:
         if isinstance(cause, _transport_errors()) or _raised_by_http_client(cause):

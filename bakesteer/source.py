@@ -200,8 +200,11 @@ def _hub_errors(model: str, revision: str | None) -> Iterator[None]:
     except HfHubHTTPError as err:
         raise ModelNotFoundError(model, reason=f"the Hub answered {err.response.status_code}") from None
     except Exception as err:
-        from bakesteer.hubnet import network_cause, network_error
+        from bakesteer.hubnet import http_status, network_cause, network_error
 
+        status = http_status(err)
+        if status is not None:
+            raise ModelNotFoundError(model, reason=f"the Hub answered {status}") from None
         cause = network_cause(err)
         if cause is None:
             raise

@@ -163,3 +163,63 @@ def test_sigterm_during_validation_cleans_up_like_ctrl_c(source: Path, prompt_fi
     assert "Traceback" not in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]  # no staging, no scratch, no output
     assert snapshot(source) == before
+
+
+@pytest.fixture()
+def small_fs(tmp_path: Path):
+    """A 400 KiB tmpfs the test mounts (root only): too small for the tiny model's weights (about 660 KiB)."""
+    mount = tmp_path / "small"
+    mount.mkdir()
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=400k", "tmpfs", str(mount)], capture_output=True)
+    if proc.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {proc.stderr.decode().strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", str(mount)], check=True)
+
+
+def test_a_full_disk_is_found_before_calibrating(source: Path, small_fs: Path, prompt_files, tmp_path) -> None:
+    """The source is on another filesystem, so the output is a full rewrite: refused before any work."""
+    args = ["--positive", str(prompt_files[0]), "--negative", str(prompt_files[1])]
+    code, _, err = run("convert", str(source), "-o", str(small_fs / "out"), *args)
+    assert code == 2, err
+    assert err.count("\n") == 1 and f"not enough space in {small_fs}" in err and "free some space" in err
+    assert list(small_fs.iterdir()) == []
+
+    # a rerun onto a roomier filesystem completes
+    code, _, err = run("convert", str(source), "-o", str(tmp_path / "roomy"), *args)
+    assert code == 0, err
+
+
+def test_enospc_while_writing_is_named_and_the_previous_output_survives(
+    source: Path, small_fs: Path, prompt_files, monkeypatch
+) -> None:
+    """With the estimate bypassed, the real write runs out of space: one named error, the staging and scratch
+    directories are gone, and the output that was there (replaced only on success) is untouched."""
+    from bakesteer import ConvertOptions, convert
+    from bakesteer.errors import DiskSpaceError
+
+    previous = small_fs / "out"
+    previous.mkdir()
+    (previous / "config.json").write_text('{"previous": true}\n')
+    monkeypatch.setattr("bakesteer.pipeline.require_space", lambda output, needed: None)
+    options = ConvertOptions(positive=prompt_files[0], negative=prompt_files[1], overwrite=True)
+    with pytest.raises(DiskSpaceError) as err:
+        convert(str(source), previous, options)
+    assert err.value.directory == str(small_fs) and err.value.needed > 400 * 1024
+    assert sorted(p.name for p in small_fs.iterdir()) == ["out"]
+    assert snapshot(previous) == {"config.json": hashlib.sha256(b'{"previous": true}\n').hexdigest()}
+
+
+def test_a_read_only_output_filesystem_is_refused_up_front(source: Path, tmp_path: Path) -> None:
+    mount = tmp_path / "ro"
+    mount.mkdir()
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(mount)], capture_output=True)
+    if proc.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {proc.stderr.decode().strip()}")
+    try:
+        code, _, err = run("convert", str(source), "-o", str(mount / "out"))
+    finally:
+        subprocess.run(["umount", str(mount)], check=True)
+    assert code == 2 and f"cannot write {mount / 'out'}: {mount} is on a read-only filesystem" in err
