@@ -19,7 +19,7 @@ from typing import Any
 import click
 
 from bakesteer import __version__
-from bakesteer.errors import BakesteerError
+from bakesteer.errors import INTERRUPTED_STATE, BakesteerError
 from bakesteer.options import AUTO, GGUF_OUTTYPES, ConvertOptions
 
 F = typing.TypeVar("F", bound=Callable[..., Any])
@@ -132,17 +132,19 @@ def _run(debug: bool, action: Callable[[], Any]) -> Any:
     previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         return action()
-    except Terminated:
-        click.echo("bakesteer: terminated (SIGTERM); nothing was written", err=True)
-        sys.exit(143)
+    except KeyboardInterrupt as err:
+        # where the run stood: a stage that has something to say sets it (see bakesteer.errors.interrupted_state)
+        state = getattr(err, INTERRUPTED_STATE, None) or "nothing was written"
+        if isinstance(err, Terminated):
+            click.echo(f"bakesteer: terminated (SIGTERM); {_public(state)}", err=True)
+            sys.exit(143)
+        click.echo(f"bakesteer: interrupted; {_public(state)}", err=True)
+        sys.exit(130)
     except BakesteerError as err:
         if debug:
             raise
         click.echo(f"bakesteer: error: {_public(err.one_line())}", err=True)
         sys.exit(err.exit_code)
-    except KeyboardInterrupt:
-        click.echo("bakesteer: interrupted; nothing was written", err=True)
-        sys.exit(130)
     except Exception as err:  # an unexpected failure: still one line, the traceback on request
         if debug:
             raise
@@ -165,11 +167,12 @@ class _OneLineGroup(click.Group):
     """Usage errors (a bad flag, a value of the wrong kind, a path of the wrong type) as one line, like every other
     error: ``bakesteer: error: <click's message>; see `bakesteer CMD --help```, exit 2."""
 
-    def main(self, *args: Any, **kwargs: Any) -> Any:
+    def main(self, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+        parse: Any = super().main  # click types main() by overloads on standalone_mode
         if not kwargs.pop("standalone_mode", True):
-            return super().main(*args, standalone_mode=False, **kwargs)
+            return parse(*args, standalone_mode=False, **kwargs)
         try:
-            value = super().main(*args, standalone_mode=False, **kwargs)
+            value = parse(*args, standalone_mode=False, **kwargs)
         except click.UsageError as err:
             where = " ".join(["bakesteer", *(err.ctx.command_path.split()[1:] if err.ctx is not None else [])])
             click.echo(f"bakesteer: error: {err.format_message()}; see `{where} --help`", err=True)
@@ -437,11 +440,16 @@ def push(
     _setup(quiet, debug)
 
     def action() -> Any:
+        from bakesteer.errors import interrupted_state
         from bakesteer.hub import push as run_push
 
-        return run_push(
-            directory, repo_id, private=private, revision=revision, commit_message=commit_message, force=force
-        )
+        try:
+            return run_push(
+                directory, repo_id, private=private, revision=revision, commit_message=commit_message, force=force
+            )
+        except KeyboardInterrupt as err:
+            interrupted_state(err, f"the push did not finish and {repo_id} is unchanged (a commit is all or nothing)")
+            raise
 
     result = _run(debug, action)
     if not quiet:
@@ -525,25 +533,38 @@ def publish(
     """
     _setup(quiet, debug)
 
+    from bakesteer.publish import PublishReport
+
+    finished = PublishReport(dry_run=dry_run or plan_json)
+
     def show(outcome: Any) -> None:
+        finished.outcomes.append(outcome)
+        if report is not None:  # every finished variant is on disk at once: an interrupt or a kill loses none
+            finished.write(report)
         if not quiet or outcome.status == "failed":
             click.echo(_outcome_line(outcome), err=plan_json or outcome.status == "failed")
 
     def action() -> Any:
+        from bakesteer.errors import interrupted_state
         from bakesteer.publish import publish as run_publish
 
         if report is not None:
             from bakesteer.writer import check_file_target
 
             check_file_target(report, "--report")
-        return run_publish(
-            variants_file,
-            dry_run=dry_run or plan_json,
-            work_dir=work_dir,
-            keep_outputs=keep_outputs,
-            on_outcome=show,
-            group=group,
-        )
+        try:
+            return run_publish(
+                variants_file,
+                dry_run=dry_run or plan_json,
+                work_dir=work_dir,
+                keep_outputs=keep_outputs,
+                on_outcome=show,
+                group=group,
+            )
+        except KeyboardInterrupt as err:
+            recorded = f"; they are recorded in {report}" if report is not None else ""
+            interrupted_state(err, f"{len(finished.outcomes)} variant(s) had finished{recorded}")
+            raise
 
     result = _run(debug, action)
     if report is not None:

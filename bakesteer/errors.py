@@ -11,6 +11,16 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+#: Attribute a stage sets on a ``KeyboardInterrupt`` (Ctrl-C, or SIGTERM through the CLI) passing through it, saying
+#: what the interrupted run leaves (the CLI's line says it instead of "nothing was written").
+INTERRUPTED_STATE = "bakesteer_state"
+
+
+def interrupted_state(err: BaseException, state: str) -> None:
+    """Record on an interrupt what the run leaves behind (the first, innermost stage to say so wins)."""
+    if not getattr(err, INTERRUPTED_STATE, None):
+        setattr(err, INTERRUPTED_STATE, state)
+
 
 class BakesteerError(Exception):
     """Base class for every error bakesteer raises on purpose.

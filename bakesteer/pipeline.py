@@ -40,6 +40,7 @@ from bakesteer.configfiles import (
     tokenizer_class_for_4,
 )
 from bakesteer.dequantize import materialize_gguf
+from bakesteer.errors import interrupted_state
 from bakesteer.fingerprint import metadata_fingerprint
 from bakesteer.options import ConvertOptions, check_alpha_for_model, parse_layers
 from bakesteer.placement import Placement, placement_from
@@ -524,13 +525,22 @@ def convert(model: str, output: Path, options: ConvertOptions | None = None) -> 
         from bakesteer.hub import push
 
         # the output is already in place: a failed push leaves it there and raises a HubError
-        result.push = push(
-            final,
-            options.push_to_hub,
-            private=options.private,
-            revision=options.push_branch,
-            commit_message=options.commit_message,
-        )
+        logger.info("push...")
+        try:
+            result.push = push(
+                final,
+                options.push_to_hub,
+                private=options.private,
+                revision=options.push_branch,
+                commit_message=options.commit_message,
+            )
+        except KeyboardInterrupt as err:
+            interrupted_state(
+                err,
+                f"the output in {final} is complete and validated, but the push to {options.push_to_hub} did not "
+                f"finish (a Hub commit is all or nothing); `bakesteer push {final} {options.push_to_hub}` completes it",
+            )
+            raise
     return result
 
 

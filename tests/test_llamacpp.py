@@ -22,6 +22,7 @@ import pytest
 import torch
 
 from bakesteer import ConvertOptions, convert
+from bakesteer.architectures.readers import READER_RUNS
 from bakesteer.export import export_control_vector, export_gguf, find_converter
 
 pytestmark = pytest.mark.slow
@@ -157,6 +158,7 @@ def test_gguf_export_runs_in_llama_cpp_like_transformers(setup: dict, record_pro
     relative_base = float((base - tf["base"]).abs().max() / tf["base"].abs().max())
     record_property("relative", relative)
     print(f"\nllama.cpp vs transformers, max|logit diff| / max|logit|: baked {relative:.3g}, base {relative_base:.3g}")
-    assert relative <= 1e-4
+    # the bound the cards quote (bakesteer/architectures/readers.py)
+    assert relative <= next(run for run in READER_RUNS if run.key == "llama.cpp").max_relative_diff
     # and the bake shows: llama.cpp's baked model differs from its base like transformers' does
     assert min(_cosines(baked - base, tf["baked"] - tf["base"])) >= 0.999

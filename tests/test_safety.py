@@ -223,3 +223,126 @@ def test_a_read_only_output_filesystem_is_refused_up_front(source: Path, tmp_pat
     finally:
         subprocess.run(["umount", str(mount)], check=True)
     assert code == 2 and f"cannot write {mount / 'out'}: {mount} is on a read-only filesystem" in err
+
+
+class _Watched:
+    """A ``bakesteer --debug`` subprocess whose stderr is read line by line in a thread (stage lines: "calibrate...",
+    "validate...", "push...")."""
+
+    def __init__(self, args: list[str], env: dict[str, str] | None = None) -> None:
+        import threading
+
+        self.lines: list[str] = []
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "bakesteer.cli", *args, "--debug"],
+            stderr=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            text=True,
+            env={**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})},
+        )
+        self.reader = threading.Thread(target=lambda: self.lines.extend(iter(self.process.stderr.readline, "")))
+        self.reader.start()
+
+    def wait_for(self, text: str, timeout: float = 120) -> None:
+        deadline = time.monotonic() + timeout
+        while not any(text in line for line in self.lines):
+            assert self.process.poll() is None, "".join(self.lines[-20:])
+            assert time.monotonic() < deadline, f"never saw {text!r}"
+            time.sleep(0.01)
+
+    def finish(self, timeout: float = 120) -> tuple[int, list[str]]:
+        code = self.process.wait(timeout=timeout)
+        self.reader.join(timeout=10)
+        lines = [line.rstrip("\n") for line in self.lines]
+        # --debug logs may follow the last word (clients closing at exit): keep bakesteer's own lines last
+        return code, [line for line in lines if not line.startswith("bakesteer: ")] + [
+            line for line in lines if line.startswith("bakesteer: ")
+        ]
+
+
+@pytest.mark.parametrize("stage", ["calibrate...", "validate..."])
+def test_sigint_at_a_stage_leaves_nothing(stage: str, source: Path, prompt_files, tmp_path: Path) -> None:
+    before = snapshot(source)
+    run_ = _Watched(["convert", str(source), "-o", str(tmp_path / "out"), "--positive", str(prompt_files[0]),
+                     "--negative", str(prompt_files[1])])  # fmt: skip
+    run_.wait_for(stage)
+    run_.process.send_signal(signal.SIGINT)
+    code, lines = run_.finish()
+    assert code == 130, lines[-5:]
+    assert lines[-1] == "bakesteer: interrupted; nothing was written"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
+    assert snapshot(source) == before
+
+
+def test_sigint_during_the_push_keeps_the_output_and_the_repo_unchanged(source: Path, prompt_files, tmp_path) -> None:
+    """The output is committed locally before the push; an interrupt while the Hub commit is in flight leaves it
+    complete and says how to finish the push, and the repository holds no part of it."""
+    import threading
+
+    from hub_server import TOKEN, HubServer
+
+    arrived, release = threading.Event(), threading.Event()
+
+    def hold(repo_id: str, rev: str) -> None:
+        arrived.set()
+        release.wait(60)
+        raise ConnectionAbortedError("the client went away")  # the commit is never applied
+
+    with HubServer() as server:
+        server.state.before_commit = hold
+        env = {"HF_ENDPOINT": server.endpoint, "HF_HUB_DISABLE_XET": "1", "HF_TOKEN": TOKEN, "HF_HUB_OFFLINE": "0"}
+        out = tmp_path / "out"
+        run_ = _Watched(["convert", str(source), "-o", str(out), "--positive", str(prompt_files[0]),
+                         "--negative", str(prompt_files[1]), "--push-to-hub", "me/steered"], env)  # fmt: skip
+        while not arrived.wait(0.1):
+            assert run_.process.poll() is None, "".join(run_.lines[-20:])
+        run_.process.send_signal(signal.SIGINT)
+        code, lines = run_.finish()
+        release.set()
+        repo = server.state.repos.get("me/steered")
+        committed = {name for commit in (repo.commits.values() if repo else ()) for name in commit}
+    assert code == 130, lines[-5:]
+    assert lines[-1].startswith(f"bakesteer: interrupted; the output in {out} is complete and validated")
+    assert f"`bakesteer push {out} me/steered` completes it" in lines[-1]
+    assert (out / "bakesteer.json").is_file() and (out / "model-steering-biases.safetensors").is_file()
+    assert "bakesteer.json" not in committed
+
+
+def test_an_interrupted_publish_keeps_every_finished_variant_in_its_report(llama_dir: Path, prompt_files, tmp_path):
+    """Two variants; the second's Hub commit is held and the run interrupted: the report on disk already lists the
+    first as published."""
+    import threading
+
+    from hub_server import TOKEN, HubServer
+
+    variants = tmp_path / "variants.toml"
+    pos, neg = prompt_files
+    variants.write_text(
+        f'[[prompt_sets]]\nname = "r"\npositive = "{pos}"\nnegative = "{neg}"\n'
+        f'[[models]]\nmodel = "{llama_dir}"\nalphas = [1, 2]\nrepo = "me/tiny-k{{alpha}}"\n'
+    )
+    commits, arrived, release = [], threading.Event(), threading.Event()
+
+    def hold_second(repo_id: str, rev: str) -> None:
+        commits.append(repo_id)
+        if len([r for r in commits if r.startswith("me/tiny")]) >= 2 and repo_id != commits[0]:
+            arrived.set()
+            release.wait(60)
+            raise ConnectionAbortedError("the client went away")
+
+    report = tmp_path / "report.json"
+    with HubServer() as server:
+        server.state.before_commit = hold_second
+        env = {"HF_ENDPOINT": server.endpoint, "HF_HUB_DISABLE_XET": "1", "HF_TOKEN": TOKEN, "HF_HUB_OFFLINE": "0"}
+        run_ = _Watched(["publish", str(variants), "--report", str(report), "--work-dir", str(tmp_path)], env)
+        while not arrived.wait(0.1):
+            assert run_.process.poll() is None, "".join(run_.lines[-20:])
+        run_.process.send_signal(signal.SIGINT)
+        code, lines = run_.finish()
+        release.set()
+    import json
+
+    assert code == 130, lines[-5:]
+    assert lines[-1] == f"bakesteer: interrupted; 1 variant(s) had finished; they are recorded in {report}"
+    recorded = json.loads(report.read_text())
+    assert [v["status"] for v in recorded["variants"]] == ["published"]
