@@ -31,7 +31,8 @@ class ReaderRun:
         key: Short name (the slow tier's reader key).
         name: The reader as a card names it.
         version: The version run.
-        families: Output ``model_type`` s it was run on.
+        families: Source ``model_type`` s whose outputs it was run on (a remap's output is not covered by a run of its
+            target family: a Gemma remap to Llama keeps GELU, which vLLM's and llama.cpp's Llama hard-code as SiLU).
         max_relative_diff: Bound on max |Δlogit| / max |logit| against the hooked source, float32, every run.
         top1: Lowest top-1 agreement measured.
     """
@@ -54,7 +55,7 @@ READER_RUNS: tuple[ReaderRun, ...] = (
 
 
 def runs_for(model_type: str) -> list[ReaderRun]:
-    """The reader runs that loaded outputs of ``model_type``."""
+    """The reader runs that loaded outputs of sources of ``model_type``."""
     return [run for run in READER_RUNS if model_type in run.families]
 
 
@@ -80,8 +81,7 @@ def loads_in(spec: ArchitectureSpec, *, transformers_version: str, relative_diff
     """
     from bakesteer.architectures.table import runtime_checks
 
-    family = _output_family(spec)
-    run = {r.key: r for r in runs_for(family)}
+    run = {r.key: r for r in runs_for(spec.model_type)}
     rows: list[dict[str, Any]] = [
         {
             "reader": "transformers",

@@ -78,7 +78,7 @@ def support_table() -> str:
         runtimes = "; ".join(f"{runtime} ({check})" for runtime, check in runtime_checks(spec).items())
         oldest = oldest_transformers(spec)
         oldest += " (config reading checked)" if oldest != "5.0" else ""
-        ran = ", ".join(f"{run.name} {run.version}" for run in runs_for(output_family(spec))) or "—"
+        ran = ", ".join(f"{run.name} {run.version}" for run in runs_for(spec.model_type)) or "—"
         rows.append(
             f"| `{name}` | {how} | {oldest} | {runtimes} | {ran} | {control_vector_check(name)} | {spec.notes} |"
         )
