@@ -54,13 +54,13 @@ def _run(reader: str, directory: Path, ids: list[list[int]], tmp: Path, *extra: 
     python, script = _interpreter(reader), READERS[reader][1]
     out = tmp / f"{reader}-{directory.name}.npy"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "VLLM_CPU_KVCACHE_SPACE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    proc = subprocess.run(
-        [str(python), str(script), str(directory), json.dumps(ids), str(out), *extra],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=900,
-    )
+    command = [str(python), str(script), str(directory), json.dumps(ids), str(out), *extra]
+    proc = subprocess.run(command, capture_output=True, text=True, env=env, timeout=900)
+    if proc.returncode < 0 and reader == "vllm":
+        # vLLM's CPU engine now and then aborts while starting its worker ("terminate called without an active
+        # exception", SIGABRT) before it has read anything; one more start has always gone through
+        print(f"\nvLLM aborted with signal {-proc.returncode}; starting it once more", file=sys.stderr)
+        proc = subprocess.run(command, capture_output=True, text=True, env=env, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     (line,) = [line for line in proc.stdout.splitlines() if line.startswith("READER-RESULT ")]
     info = json.loads(line.removeprefix("READER-RESULT "))

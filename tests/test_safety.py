@@ -10,6 +10,8 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -135,18 +137,31 @@ def _wait_for_validation(parent: Path, process: subprocess.Popen) -> Path:
     raise AssertionError("the conversion never reached validation")
 
 
-def test_sigkill_during_validation_then_a_rerun_clears_it_and_completes(source: Path, prompt_files, tmp_path) -> None:
+@pytest.mark.parametrize("stage", ["write...", "validate..."])
+def test_sigkill_then_a_rerun_clears_the_debris_and_completes(stage: str, source: Path, prompt_files, tmp_path) -> None:
     out = tmp_path / "out"
-    process = _convert_process(source, out, prompt_files)
-    staging = _wait_for_validation(tmp_path, process)
-    process.send_signal(signal.SIGKILL)
-    process.wait(timeout=30)
-    assert not out.exists() and staging.exists()  # nothing named like the output, only hidden staging
+    args = [
+        "convert",
+        str(source),
+        "-o",
+        str(out),
+        "--positive",
+        str(prompt_files[0]),
+        "--negative",
+        str(prompt_files[1]),
+    ]
+    run_ = _Watched(args)
+    run_.wait_for(stage)
+    run_.process.send_signal(signal.SIGKILL)
+    run_.finish()
+    left = sorted(p.name for p in tmp_path.iterdir() if p.name != "model")
+    assert not out.exists() and left and all(name.startswith(".out.bakesteer-") for name in left), left
 
     rerun = _convert_process(source, out, prompt_files)
     _, err = rerun.communicate(timeout=300)
     assert rerun.returncode == 0, err
-    assert f"removed {staging.name}, left by an interrupted run" in err
+    for name in left:
+        assert f"removed {name}, left by an interrupted run" in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model", "out"]
     assert (out / "bakesteer.json").is_file()
 
@@ -165,18 +180,24 @@ def test_sigterm_during_validation_cleans_up_like_ctrl_c(source: Path, prompt_fi
     assert snapshot(source) == before
 
 
-@pytest.fixture()
-def small_fs(tmp_path: Path):
-    """A 400 KiB tmpfs the test mounts (root only): too small for the tiny model's weights (about 660 KiB)."""
-    mount = tmp_path / "small"
+@contextmanager
+def tmpfs(mount: Path, options: str) -> Iterator[Path]:
+    """A tmpfs the test mounts at ``mount`` (root only; skipped with the reason elsewhere)."""
     mount.mkdir()
-    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=400k", "tmpfs", str(mount)], capture_output=True)
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(mount)], capture_output=True)
     if proc.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {proc.stderr.decode().strip()}")
     try:
         yield mount
     finally:
         subprocess.run(["umount", str(mount)], check=True)
+
+
+@pytest.fixture()
+def small_fs(tmp_path: Path) -> Iterator[Path]:
+    """A 400 KiB filesystem: too small for the tiny model's weights (about 0.9 MiB)."""
+    with tmpfs(tmp_path / "small", "size=400k") as mount:
+        yield mount
 
 
 def test_a_full_disk_is_found_before_calibrating(source: Path, small_fs: Path, prompt_files, tmp_path) -> None:
@@ -213,15 +234,8 @@ def test_enospc_while_writing_is_named_and_the_previous_output_survives(
 
 
 def test_a_read_only_output_filesystem_is_refused_up_front(source: Path, tmp_path: Path) -> None:
-    mount = tmp_path / "ro"
-    mount.mkdir()
-    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(mount)], capture_output=True)
-    if proc.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {proc.stderr.decode().strip()}")
-    try:
+    with tmpfs(tmp_path / "ro", "ro,size=64k") as mount:
         code, _, err = run("convert", str(source), "-o", str(mount / "out"))
-    finally:
-        subprocess.run(["umount", str(mount)], check=True)
     assert code == 2 and f"cannot write {mount / 'out'}: {mount} is on a read-only filesystem" in err
 
 
