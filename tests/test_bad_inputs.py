@@ -259,12 +259,13 @@ def test_the_table_is_large_and_its_names_unique() -> None:
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
-def test_bad_input(case: Case, workspace: Path) -> None:
+def test_bad_input(case: Case, workspace: Path, record_property) -> None:
     before = snapshot(workspace)
     result = CliRunner().invoke(main, case.args(workspace))
     err = result.stderr
     assert result.exit_code == case.code, (case.args(workspace), err, result.exception)
     lines = err.strip().splitlines()
+    record_property("message", err.strip().replace(str(workspace), "WS"))  # --junitxml lists every message
     assert len(lines) == 1, err
     assert lines[0].startswith("bakesteer: error: ") and case.words in lines[0], lines[0]
     assert "; " in lines[0], "the line names a fix after the problem"
