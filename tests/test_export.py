@@ -142,7 +142,7 @@ def test_the_llama_cpp_claims_hold_in_its_source() -> None:
     graph the registry names, and the ffn_down bias loaded by the graph of every family that claims llama.cpp."""
     from bakesteer.architectures import REGISTRY
     from bakesteer.architectures.registry import LLAMA_CPP_GRAPHS
-    from bakesteer.architectures.table import output_family
+    from bakesteer.architectures.readers import output_family
 
     tree = _llama_cpp()
     common = (tree / "common" / "common.cpp").read_text()
@@ -170,7 +170,7 @@ def test_the_llama_cpp_claims_hold_in_its_source() -> None:
 
 def test_every_runtime_claim_names_its_check() -> None:
     from bakesteer.architectures import REGISTRY
-    from bakesteer.architectures.table import runtime_checks
+    from bakesteer.architectures.readers import runtime_checks
 
     for spec in REGISTRY.values():
         checks = runtime_checks(spec)  # KeyError for a claim without a source read or a test that runs it

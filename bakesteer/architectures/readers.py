@@ -12,7 +12,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from bakesteer.architectures import transformers4
-from bakesteer.architectures.registry import ArchitectureSpec
+from bakesteer.architectures.registry import (
+    LLAMA_CPP_COMMIT,
+    LLAMA_CPP_GRAPHS,
+    LLAMA_CPP_RUN,
+    VLLM_COMMIT,
+    VLLM_FILES,
+    ArchitectureSpec,
+)
 
 #: The command that measures the figures below.
 COMMAND = "make test-slow (tests/test_readers.py, tests/test_llamacpp.py)"
@@ -59,14 +66,35 @@ def runs_for(model_type: str) -> list[ReaderRun]:
     return [run for run in READER_RUNS if model_type in run.families]
 
 
-def _output_family(spec: ArchitectureSpec) -> str:
+def output_family(spec: ArchitectureSpec) -> str:
+    """The family a baked checkpoint loads as (a remap's target, else the family itself)."""
     return spec.remap.target if spec.remap is not None else spec.model_type
+
+
+def runtime_checks(spec: ArchitectureSpec) -> dict[str, str]:
+    """How each runtime claim of ``spec`` was checked: run in the test suite, or read in the runtime's source.
+
+    Raises:
+        KeyError: a claim with no record of a check (a test keeps the registry honest).
+    """
+    out: dict[str, str] = {}
+    target = output_family(spec)
+    for runtime in spec.runtimes:
+        if runtime == "transformers":
+            out[runtime] = "run (test suite)"
+        elif runtime == "vllm":
+            out[runtime] = f"read: vllm@{VLLM_COMMIT[:7]} `{VLLM_FILES[target].rsplit('/', 1)[-1]}`"
+        elif spec.model_type in LLAMA_CPP_RUN:
+            out[runtime] = "run (slow tier, SmolLM2)"
+        else:
+            out[runtime] = f"read: llama.cpp@{LLAMA_CPP_COMMIT[:7]} `src/models/{LLAMA_CPP_GRAPHS[target]}.cpp`"
+    return out
 
 
 def oldest_transformers(spec: ArchitectureSpec) -> str:
     """The oldest transformers an output of ``spec`` was checked with: the transformers 4 release whose reading is
     checked at every conversion, or 5.0 where transformers 4 lacks the output family or the modeling file needs 5."""
-    if spec.remote is not None or not transformers4.knows(_output_family(spec)):
+    if spec.remote is not None or not transformers4.knows(output_family(spec)):
         return "5.0"
     return transformers4.VERSION
 
@@ -79,8 +107,6 @@ def loads_in(spec: ArchitectureSpec, *, transformers_version: str, relative_diff
         transformers_version: The transformers that validated this conversion.
         relative_diff: That validation's max |Δlogit| / max |logit|.
     """
-    from bakesteer.architectures.table import runtime_checks
-
     run = {r.key: r for r in runs_for(spec.model_type)}
     rows: list[dict[str, Any]] = [
         {

@@ -2,18 +2,8 @@
 
 from __future__ import annotations
 
-from bakesteer.architectures.readers import oldest_transformers, runs_for
-from bakesteer.architectures.registry import (
-    LLAMA_CPP_COMMIT,
-    LLAMA_CPP_GRAPHS,
-    LLAMA_CPP_RUN,
-    REFUSED,
-    REGISTRY,
-    VLLM_COMMIT,
-    VLLM_FILES,
-    ArchitectureSpec,
-    Strategy,
-)
+from bakesteer.architectures.readers import oldest_transformers, runs_for, runtime_checks
+from bakesteer.architectures.registry import LLAMA_CPP_GRAPHS, LLAMA_CPP_RUN, REFUSED, REGISTRY, Strategy
 
 START = "<!-- support-table:start -->"
 END = "<!-- support-table:end -->"
@@ -24,31 +14,6 @@ _STRATEGY = {
     Strategy.REMAP: "remap",
     Strategy.REMOTE_CODE: "remote code (opt-in)",
 }
-
-
-def output_family(spec: ArchitectureSpec) -> str:
-    """The family a baked checkpoint loads as (a remap's target, else the family itself)."""
-    return spec.remap.target if spec.remap is not None else spec.model_type
-
-
-def runtime_checks(spec: ArchitectureSpec) -> dict[str, str]:
-    """How each runtime claim of ``spec`` was checked: run in the test suite, or read in the runtime's source.
-
-    Raises:
-        KeyError: a claim with no record of a check (a test keeps the registry honest).
-    """
-    out: dict[str, str] = {}
-    target = output_family(spec)
-    for runtime in spec.runtimes:
-        if runtime == "transformers":
-            out[runtime] = "run (test suite)"
-        elif runtime == "vllm":
-            out[runtime] = f"read: vllm@{VLLM_COMMIT[:7]} `{VLLM_FILES[target].rsplit('/', 1)[-1]}`"
-        elif spec.model_type in LLAMA_CPP_RUN:
-            out[runtime] = "run (slow tier, SmolLM2)"
-        else:
-            out[runtime] = f"read: llama.cpp@{LLAMA_CPP_COMMIT[:7]} `src/models/{LLAMA_CPP_GRAPHS[target]}.cpp`"
-    return out
 
 
 def control_vector_check(model_type: str) -> str:
