@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
 from bakesteer.errors import BakesteerError
 from bakesteer.options import ConvertOptions
+from bakesteer.version import __version__
 
 __all__ = [
     "BakesteerError",

@@ -18,9 +18,9 @@ from typing import Any
 
 import click
 
-from bakesteer import __version__
 from bakesteer.errors import INTERRUPTED_STATE, BakesteerError
 from bakesteer.options import AUTO, GGUF_OUTTYPES, ConvertOptions
+from bakesteer.version import __version__
 
 F = typing.TypeVar("F", bound=Callable[..., Any])
 

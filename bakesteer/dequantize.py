@@ -14,8 +14,8 @@ from pathlib import Path
 import torch
 
 from bakesteer.configfiles import CONFIG_FILE, edit_json, portable_updates, tokenizer_class_for_4
-from bakesteer.placement import Placement
-from bakesteer.source import ModelSource, load_model
+from bakesteer.placement import Placement, load_model
+from bakesteer.source import ModelSource
 from bakesteer.writer import save_state_dict, save_tokenizer
 
 

@@ -18,15 +18,15 @@ from typing import Any
 
 import torch
 
-from bakesteer import __version__
 from bakesteer.card import METADATA_FILENAME
 from bakesteer.errors import EvaluationError
 from bakesteer.measure import base_reading, concept_probe, run_metrics, run_outputs, run_samples
 from bakesteer.options import ConvertOptions
-from bakesteer.placement import Placement, load_causal_lm, placement_from
+from bakesteer.placement import Placement, free_memory, load_causal_lm, placement_from
 from bakesteer.prompts import PromptSet, load_prompt_set
-from bakesteer.source import ModelSource, free_memory
+from bakesteer.source import ModelSource
 from bakesteer.vector import VECTOR_FILENAME, SteeringVector
+from bakesteer.version import __version__
 
 logger = logging.getLogger(__name__)
 
@@ -117,7 +117,8 @@ def evaluate_pair(
     from transformers import AutoTokenizer
 
     from bakesteer.architectures import spec_for
-    from bakesteer.source import load_config, load_model
+    from bakesteer.placement import load_model
+    from bakesteer.source import load_config
     from bakesteer.sweep import measurement_inputs
 
     started = time.perf_counter()

@@ -22,16 +22,13 @@ from typing import Any
 
 import torch
 
-from bakesteer import __version__
-from bakesteer.architectures import ArchitectureSpec, spec_for
+from bakesteer.architectures import ArchitectureSpec
 from bakesteer.architectures.readers import COMMAND as READER_COMMAND
 from bakesteer.architectures.readers import MODELS as READER_MODELS
 from bakesteer.architectures.readers import loads_in, oldest_transformers
 from bakesteer.bake import BiasPlan, bias_plan, output_config_text, write_remote_code
 from bakesteer.batching import pad_token_id
-from bakesteer.calibration import difference_of_means, mean_norms, residual_statistics, unit_directions
 from bakesteer.card import METADATA_FILENAME, source_license, write_card
-from bakesteer.checkfiles import check_weights_fit
 from bakesteer.configfiles import (
     CONFIG_FILE,
     GENERATION_CONFIG_FILE,
@@ -42,21 +39,18 @@ from bakesteer.configfiles import (
 from bakesteer.dequantize import materialize_gguf
 from bakesteer.errors import interrupted_state
 from bakesteer.fingerprint import metadata_fingerprint
-from bakesteer.options import ConvertOptions, check_alpha_for_model, parse_layers
-from bakesteer.placement import Placement, placement_from
+from bakesteer.loading import calibrate, interleave, load, prepare, vector_file
+from bakesteer.options import ConvertOptions, check_alpha_for_model
+from bakesteer.placement import free_memory
 from bakesteer.prompts import PromptSet, context_length, load_prompt_set, render_prompts
 from bakesteer.source import (
     ModelSource,
-    free_memory,
-    load_config,
-    load_model,
     resolve_dtype,
-    resolve_source,
-    weight_keys,
 )
 from bakesteer.space import gguf_copy_bytes, named_disk_errors, output_bytes, require_space, spill_bytes
 from bakesteer.validation import ValidationReport, check_tokenizer, reference_outputs, validate_checkpoint
 from bakesteer.vector import VECTOR_FILENAME, SteeringVector
+from bakesteer.version import __version__
 from bakesteer.writer import (
     AtomicDirectory,
     check_apart,
@@ -136,95 +130,6 @@ class _Timer:
             self.stages[name] = round(time.perf_counter() - start, 3)
 
 
-def interleave(positive: tuple[str, ...], negative: tuple[str, ...], count: int) -> list[str]:
-    """Up to ``count`` held-out prompts alternating positive, negative, ...: the first two (used for the greedy
-    continuation check) are one of each."""
-    out: list[str] = []
-    for pair in zip(positive, negative, strict=False):
-        out.extend(pair)
-    return out[:count]
-
-
-def calibrate(
-    model: Any,
-    tokenizer: Any,
-    spec: ArchitectureSpec,
-    positive: PromptSet,
-    negative: PromptSet,
-    options: ConvertOptions,
-) -> SteeringVector:
-    """Compute ``mu`` and the unit difference-of-means directions on the calibration parts of both sets.
-
-    Raises:
-        DirectionError: (later, in the band) when a direction is degenerate.
-    """
-    pad_id = pad_token_id(tokenizer)
-    kwargs = {"batch_size": options.batch_size, "pad_id": pad_id}
-    limit = context_length(model)
-    pos_ids = render_prompts(
-        tokenizer, positive.calibration, chat_template=options.chat_template, limit=limit, name=positive.name
-    )
-    neg_ids = render_prompts(
-        tokenizer, negative.calibration, chat_template=options.chat_template, limit=limit, name=negative.name
-    )
-    pos = residual_statistics(model, spec, pos_ids, desc="calibrating (positive)", **kwargs)
-    neg = residual_statistics(model, spec, neg_ids, desc="calibrating (negative)", **kwargs)
-    directions, diff_norms = unit_directions(difference_of_means(pos, neg))
-    info = {
-        "positive": positive.describe(),
-        "negative": negative.describe(),
-        "chat_template": bool(options.chat_template and getattr(tokenizer, "chat_template", None)),
-        "tokens_counted": pos.token_count + neg.token_count,
-        "excluded": "padding and position 0 of every sequence (attention sink)",
-        "residual": "output of decoder block l (0-based), before the final norm",
-        "direction": "mean last-token residual, positive minus negative, unit-normalised",
-        "compute_dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
-        "difference_norms": [round(float(n), 6) for n in diff_norms],
-    }
-    return SteeringVector(mean_norms(pos, neg), directions, str(model.config.model_type), info)
-
-
-def _prepare(model: str, options: ConvertOptions) -> tuple[ModelSource, Any, ArchitectureSpec, tuple[int, int]]:
-    options.check()
-    source = resolve_source(model, revision=options.revision)
-    config = load_config(source)
-    spec = spec_for(config, allow_remote_code=options.allow_remote_code)
-    text = config.get_text_config()  # the config itself, or a multimodal model's language part
-    if not source.gguf_file:
-        check_weights_fit(
-            weight_keys(source),
-            model=source.model_id,
-            model_type=str(config.model_type),
-            layers=spec.layers,
-            num_layers=int(text.num_hidden_layers),
-        )
-    band = parse_layers(options.layers, int(text.num_hidden_layers))
-    if not options.auto:
-        check_alpha_for_model(float(options.alpha), int(text.hidden_size))
-    return source, config, spec, band
-
-
-def _vector_file(options: ConvertOptions, config: Any) -> SteeringVector | None:
-    """The ``--vector`` file, checked against the model's family and shape (``None`` without ``--vector``)."""
-    if options.vector is None:
-        return None
-    vector = SteeringVector.load(options.vector)
-    text = config.get_text_config()
-    vector.check_fits(
-        str(config.model_type), int(text.num_hidden_layers), int(text.hidden_size), Path(options.vector).name
-    )
-    return vector
-
-
-def _load(source: ModelSource, options: ConvertOptions, scratch: Path) -> tuple[Any, Any, torch.dtype, Placement]:
-    """Load the source as ``options`` place it (a device map offloads into ``scratch`` unless told otherwise)."""
-    torch.manual_seed(options.seed)
-    dtype = resolve_dtype(options.dtype, source)
-    placement = placement_from(options).with_offload_folder(scratch / "offload")
-    model, tokenizer = load_model(source, dtype, placement)
-    return model, tokenizer, dtype, placement
-
-
 def compute_vector(model: str, output: Path, options: ConvertOptions | None = None) -> SteeringVector:
     """Calibrate ``model`` and save only the steering vector (``mu`` and directions for every layer).
 
@@ -241,14 +146,14 @@ def compute_vector(model: str, output: Path, options: ConvertOptions | None = No
 
         raise OutputExistsError(output)
     # a vector writes no checkpoint, so families that bake only through remote code can still be calibrated
-    source, _, spec, _ = _prepare(model, options.replace(allow_remote_code=True))
+    source, _, spec, _ = prepare(model, options.replace(allow_remote_code=True))
     positive = load_prompt_set(options.positive, "positive")
     negative = load_prompt_set(options.negative, "negative")
     output.absolute().parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".bakesteer-", dir=output.absolute().parent) as scratch:
         if source.gguf_file:
             source = materialize_gguf(source, resolve_dtype(options.dtype, source), Path(scratch))
-        loaded, tokenizer, _, _ = _load(source, options, Path(scratch))
+        loaded, tokenizer, _, _ = load(source, options, Path(scratch))
         vector = calibrate(loaded, tokenizer, spec, positive, negative, options)
         del loaded
         free_memory()
@@ -319,56 +224,6 @@ def _choose_alpha(
     return k, record
 
 
-@dataclass
-class Loaded:
-    """A model loaded for measuring, with its calibration (see :func:`load_for_measurement`)."""
-
-    model: Any
-    tokenizer: Any
-    spec: ArchitectureSpec
-    vector: SteeringVector
-    band: tuple[int, int]
-    positive: PromptSet
-    negative: PromptSet
-    source: ModelSource
-    dtype: torch.dtype
-    placement: Placement
-
-    @property
-    def name(self) -> str:
-        """The model as recorded: a Hub id, or a directory's or file's base name."""
-        return self.source.model_id
-
-
-@contextmanager
-def load_for_measurement(
-    model: str, options: ConvertOptions, scratch: Path, *, alphas: tuple[float, ...] = ()
-) -> Iterator[Loaded]:
-    """Resolve, load and calibrate (or read ``--vector``) ``model`` for hooks; the model is freed on exit.
-
-    Steering by hooks needs no bias site, so every registered family can be measured.
-
-    Raises:
-        BakesteerError: any bad input, including an alpha too large for the model.
-    """
-    source, config, spec, band = _prepare(model, options.replace(allow_remote_code=True, alpha=0.0))
-    for alpha in alphas:
-        check_alpha_for_model(alpha, int(config.get_text_config().hidden_size))
-    vector_file = _vector_file(options, config)
-    positive = load_prompt_set(options.positive, "positive")
-    negative = load_prompt_set(options.negative, "negative")
-    if source.gguf_file:
-        source = materialize_gguf(source, resolve_dtype(options.dtype, source), scratch)
-        free_memory()
-    loaded, tokenizer, dtype, placement = _load(source, options, scratch)
-    try:
-        vector = vector_file or calibrate(loaded, tokenizer, spec, positive, negative, options)
-        yield Loaded(loaded, tokenizer, spec, vector, band, positive, negative, source, dtype, placement)
-    finally:
-        del loaded
-        free_memory()
-
-
 def convert(model: str, output: Path, options: ConvertOptions | None = None) -> ConvertResult:
     """Bake norm-calibrated steering into a copy of ``model`` and validate it.
 
@@ -390,8 +245,8 @@ def convert(model: str, output: Path, options: ConvertOptions | None = None) -> 
     output = Path(output)
     check_output(output.absolute(), overwrite=options.overwrite, source=model)
     with timer.stage("resolve"):
-        source, config, spec, band = _prepare(model, options)
-    vector_file = _vector_file(options, config)
+        source, config, spec, band = prepare(model, options)
+    from_file = vector_file(options, config)
     positive = load_prompt_set(options.positive, "positive")
     negative = load_prompt_set(options.negative, "negative")
     if options.push_to_hub and not options.force_push:
@@ -415,7 +270,7 @@ def convert(model: str, output: Path, options: ConvertOptions | None = None) -> 
                 source = materialize_gguf(source, resolve_dtype(options.dtype, source), staging.scratch)
                 free_memory()
         with timer.stage("load"):
-            loaded, tokenizer, dtype, placement = _load(source, options, staging.scratch)
+            loaded, tokenizer, dtype, placement = load(source, options, staging.scratch)
         # the probes are tokenised before calibrating, so that the space they spill to is checked before the work
         pad_id = pad_token_id(tokenizer)
         probe_prompts = interleave(positive.heldout, negative.heldout, options.probes)
@@ -431,11 +286,11 @@ def convert(model: str, output: Path, options: ConvertOptions | None = None) -> 
             probes, options.greedy_tokens, vocab
         )
         require_space(output, budget.needed)
-        if vector_file is None:
+        if from_file is None:
             with timer.stage("calibrate"):
                 vector = calibrate(loaded, tokenizer, spec, positive, negative, options)
         else:
-            vector = vector_file
+            vector = from_file
         auto: dict[str, Any] | None = None
         if options.auto:
             with timer.stage("sweep"):

@@ -9,6 +9,7 @@ is on that block's execution device, and each offset is moved to the device and 
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 from dataclasses import dataclass
@@ -17,7 +18,8 @@ from typing import Any
 
 import torch
 
-from bakesteer.errors import OptionError
+from bakesteer.errors import OptionError, UnsupportedCheckpointError
+from bakesteer.source import ModelSource
 
 logger = logging.getLogger(__name__)
 
@@ -138,8 +140,6 @@ def placement_from(options: Any) -> Placement:
     Raises:
         OptionError: an unknown device, or a malformed ``--max-memory`` (``options.check()`` refuses the rest).
     """
-    from bakesteer.source import resolve_device
-
     device = resolve_device(options.device)
     device_map = options.device_map
     if device_map is None and (options.max_memory or options.offload_folder):
@@ -173,3 +173,79 @@ def device_summary(device_map: dict[str, Any]) -> dict[str, int]:
         key = f"cuda:{device}" if isinstance(device, int) else str(device)
         counts[key] = counts.get(key, 0) + 1
     return counts
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` picks CUDA, then MPS, then CPU; anything else must be a device torch knows and has."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise OptionError(
+            "--device", name, reason="unknown device", hint="use cpu, cuda, cuda:N, mps or auto"
+        ) from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise OptionError("--device", name, reason="CUDA is not available here", hint="use --device cpu")
+    return device
+
+
+def free_memory() -> None:
+    """Return freed memory now (call after the last reference to a model is deleted).
+
+    On glibc, freed blocks below malloc's mmap threshold (which grows to 32 MiB as large blocks are freed: most of a
+    model's tensors) stay in the heap and keep counting as resident; ``malloc_trim`` hands them back to the system
+    before the next model is loaded.
+    """
+    import gc
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    _malloc_trim()
+
+
+@functools.lru_cache(maxsize=1)
+def _libc_trim() -> Any:
+    import ctypes
+    import ctypes.util
+    import platform
+
+    if platform.system() != "Linux":
+        return None
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):  # musl and others have no malloc_trim
+        return None
+
+
+def _malloc_trim() -> None:
+    trim = _libc_trim()
+    if trim is not None:
+        trim(0)
+
+
+def load_model(source: ModelSource, dtype: torch.dtype, placement: Placement) -> tuple[Any, Any]:
+    """Load the ``*ForCausalLM`` model (eval mode, placed by ``placement``) and its tokenizer with plain
+    transformers."""
+    from transformers import AutoTokenizer
+
+    kwargs: dict[str, Any] = {"gguf_file": source.gguf_file} if source.gguf_file else {"use_safetensors": True}
+    logger.info("loading %s (%s) as %s, %s", source.model_id, source.kind, dtype, placement)
+    model = load_causal_lm(source.directory, dtype, placement, **kwargs)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source.directory, **kwargs)
+    except Exception as err:  # transformers raises OSError, ValueError or the backend's own errors
+        from bakesteer.checkfiles import first_line
+
+        raise UnsupportedCheckpointError(
+            source.model_id,
+            reason=f"its tokenizer does not load ({first_line(err)})",
+            hint="restore the tokenizer files (tokenizer.json, tokenizer_config.json, ...) from the model's source",
+        ) from None
+    tokenizer.padding_side = "left"
+    return model, tokenizer

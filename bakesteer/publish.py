@@ -39,10 +39,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bakesteer import __version__
 from bakesteer.errors import BakesteerError, HubError
 from bakesteer.fingerprint import fingerprint_of
 from bakesteer.variants import Variant, load_variants
+from bakesteer.version import __version__
 
 __all__ = ["PublishReport", "Variant", "VariantOutcome", "load_variants", "plan_matrix", "publish"]
 

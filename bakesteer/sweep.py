@@ -22,7 +22,6 @@ from typing import Any
 
 import torch
 
-from bakesteer import __version__
 from bakesteer.architectures import ArchitectureSpec
 from bakesteer.card import SWEEP_PLOT
 from bakesteer.errors import EvaluationError, OptionError
@@ -44,6 +43,7 @@ from bakesteer.options import ConvertOptions
 from bakesteer.progress import bar
 from bakesteer.prompts import PromptSet, load_prompt_set, reference_text
 from bakesteer.vector import SteeringVector
+from bakesteer.version import __version__
 
 logger = logging.getLogger(__name__)
 
@@ -430,7 +430,7 @@ def sweep(
     Raises:
         BakesteerError: any bad input (see :mod:`bakesteer.errors`).
     """
-    from bakesteer.pipeline import load_for_measurement
+    from bakesteer.loading import load_for_measurement
     from bakesteer.writer import AtomicDirectory
 
     options = options or ConvertOptions()

@@ -111,9 +111,8 @@ def bench_device_map(tmp: Path, device_map: str, small: bool) -> list[dict[str, 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from bakesteer.batching import left_padded_batches, pad_token_id
-    from bakesteer.placement import input_device
+    from bakesteer.placement import free_memory, input_device
     from bakesteer.prompts import load_prompt_set, render_prompts
-    from bakesteer.source import free_memory
 
     model_dir, prompts = tmp / "llama1b", tmp / "llama1b-prompts"
     model_dir.mkdir(parents=True)

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from bakesteer.architectures import REGISTRY
+from bakesteer.loading import calibrate
 from bakesteer.options import ConvertOptions
-from bakesteer.pipeline import calibrate
 from bakesteer.prompts import load_prompt_set
 
 

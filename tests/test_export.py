@@ -141,8 +141,8 @@ def test_the_llama_cpp_claims_hold_in_its_source() -> None:
     pinned sdist vendors: the loader's rules, no vector for layer 0, the vector added at the block output of every
     graph the registry names, and the ffn_down bias loaded by the graph of every family that claims llama.cpp."""
     from bakesteer.architectures import REGISTRY
-    from bakesteer.architectures.registry import LLAMA_CPP_GRAPHS
     from bakesteer.architectures.readers import output_family
+    from bakesteer.architectures.registry import LLAMA_CPP_GRAPHS
 
     tree = _llama_cpp()
     common = (tree / "common" / "common.cpp").read_text()

@@ -12,8 +12,8 @@ import torch
 from bakesteer.architectures import REGISTRY
 from bakesteer.bake import bias_plan
 from bakesteer.errors import ValidationError
+from bakesteer.loading import calibrate
 from bakesteer.options import ConvertOptions
-from bakesteer.pipeline import calibrate
 from bakesteer.placement import Placement
 from bakesteer.prompts import load_prompt_set, render_prompts
 from bakesteer.source import find_weights
