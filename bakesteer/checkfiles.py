@@ -45,7 +45,7 @@ def read_json(path: Path, model: str) -> Any:
     except UnicodeDecodeError:
         raise _damaged(model, path.name, "is not UTF-8 text") from None
     except json.JSONDecodeError as err:
-        reason = f"is not valid JSON ({err.msg} at line {err.lineno}, column {err.colno})"
+        reason = f"is not valid JSON ({err.msg}: line {err.lineno}, column {err.colno})"
         raise _damaged(model, path.name, reason) from None
 
 

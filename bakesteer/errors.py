@@ -123,12 +123,13 @@ class DirectionError(BakesteerError, ArithmeticError):
 
 
 class OutputExistsError(BakesteerError, FileExistsError):
-    """The output directory exists and is not empty."""
+    """The output exists: a file, or a directory that is not empty."""
 
     def __init__(self, path: str | Path) -> None:
         self.path = str(path)
+        what = "a file" if Path(path).is_file() else "a directory that is not empty"
         super().__init__(
-            f"output directory {self.path} already exists and is not empty",
+            f"output {self.path} already exists ({what})",
             hint="choose another --output, or pass --overwrite to replace it",
         )
 

@@ -8,11 +8,11 @@ directions; :func:`load_for_measurement` does all three for hooks.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
@@ -29,11 +29,13 @@ from bakesteer.vector import SteeringVector
 
 logger = logging.getLogger(__name__)
 
+T = TypeVar("T")
 
-def interleave(positive: tuple[str, ...], negative: tuple[str, ...], count: int) -> list[str]:
-    """Up to ``count`` held-out prompts alternating positive, negative, ...: the first two (used for the greedy
-    continuation check) are one of each."""
-    out: list[str] = []
+
+def interleave(positive: Sequence[T], negative: Sequence[T], count: int) -> list[T]:
+    """Up to ``count`` held-out prompts (or their token ids) alternating positive, negative, ...: the first two (used
+    for the greedy continuation check) are one of each."""
+    out: list[T] = []
     for pair in zip(positive, negative, strict=False):
         out.extend(pair)
     return out[:count]

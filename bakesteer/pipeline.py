@@ -274,13 +274,12 @@ def convert(model: str, output: Path, options: ConvertOptions | None = None) -> 
         # the probes are tokenised before calibrating, so that the space they spill to is checked before the work
         pad_id = pad_token_id(tokenizer)
         probe_prompts = interleave(positive.heldout, negative.heldout, options.probes)
-        probes = render_prompts(
-            tokenizer,
-            probe_prompts,
-            chat_template=options.chat_template,
-            limit=context_length(loaded),
-            name=f"{positive.name} or {negative.name}",
+        limit = context_length(loaded)
+        pos_ids, neg_ids = (
+            render_prompts(tokenizer, s.heldout, chat_template=options.chat_template, limit=limit, name=s.name)
+            for s in (positive, negative)
         )
+        probes = interleave(pos_ids, neg_ids, options.probes)
         vocab = int(loaded.get_output_embeddings().weight.shape[0])
         budget.needed = output_bytes(source, spec, config, dtype, output) + spill_bytes(
             probes, options.greedy_tokens, vocab

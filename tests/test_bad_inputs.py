@@ -202,7 +202,8 @@ CASES: list[Case] = [
     Case(
         "prompt longer than the context",
         _c("llama", "--positive", "WS/prompts/long.txt"),
-        "longer than the model's context of 256",
+        "prompt set long.txt: the prompt starting 'word word word word word word word word ' is 9015 tokens, longer "
+        "than the model's context of 256",
     ),
     # options
     Case("alpha nan", _c("llama", "--alpha", "nan"), "must be a finite number"),
@@ -242,7 +243,11 @@ CASES: list[Case] = [
     Case("export of a plain model", _cmd("export", "WS/llama", "--control-vector", "WS/cv.gguf"), "bakesteer"),
     Case("publish a missing file", _cmd("publish", "WS/absent.toml"), "variants file absent.toml"),
     Case("publish a malformed file", _cmd("publish", "WS/variants-bad.toml"), "variants file variants-bad.toml"),
-    Case("demo into an existing directory", _cmd("demo", "-o", "WS/existing"), "already exists and is not empty"),
+    Case(
+        "demo into an existing directory",
+        _cmd("demo", "-o", "WS/existing"),
+        "already exists (a directory that is not empty)",
+    ),
 ]
 
 

@@ -79,7 +79,7 @@ def test_demo_refuses_an_existing_directory_without_overwrite(tmp_path: Path) ->
     existing.mkdir()
     (existing / "thesis.tex").write_text("years of work\n")
     code, _, err = run("demo", "-o", str(existing))
-    assert code == 2 and "already exists and is not empty" in err and "--overwrite" in err
+    assert code == 2 and "already exists (a directory that is not empty)" in err and "--overwrite" in err
     assert snapshot(existing) == {"thesis.tex": hashlib.sha256(b"years of work\n").hexdigest()}
 
 
