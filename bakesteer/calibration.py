@@ -15,6 +15,7 @@ from torch import nn
 
 from bakesteer.architectures import ArchitectureSpec
 from bakesteer.batching import left_padded_batches
+from bakesteer.errors import PromptContentError
 from bakesteer.hooks import decoder_layers, layer_hooks
 from bakesteer.placement import input_device
 from bakesteer.progress import bar
@@ -94,7 +95,10 @@ def mean_norms(*stats: ResidualStatistics) -> torch.Tensor:
     """``mu_l``: mean residual norm over all counted tokens of all the given sets, as float32 ``[L]``."""
     tokens = sum(s.token_count for s in stats)
     if tokens == 0:
-        raise ValueError("no calibration token was counted (every prompt is a single token)")
+        raise PromptContentError(
+            "no calibration token was counted (every prompt is a single token, and position 0 is left out)",
+            hint="use prompts of several words",
+        )
     return (sum(s.norm_sum for s in stats) / tokens).to(torch.float32)  # type: ignore[union-attr]
 
 

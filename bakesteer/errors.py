@@ -110,6 +110,18 @@ class VectorFileError(BakesteerError, ValueError):
         super().__init__(f"vector file {self.path}: {reason}", hint=hint)
 
 
+class PromptContentError(BakesteerError, ValueError):
+    """The prompt sets read fine but cannot serve: no token to count, or sets the model cannot tell apart.
+
+    Attributes:
+        reason: What the prompts lack.
+    """
+
+    def __init__(self, reason: str, *, hint: str) -> None:
+        self.reason = reason
+        super().__init__(f"the prompt sets cannot be used: {reason}", hint=hint)
+
+
 class DirectionError(BakesteerError, ArithmeticError):
     """The difference of means at a layer is zero or not finite, so it has no direction."""
 

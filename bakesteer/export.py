@@ -215,14 +215,15 @@ def export_gguf(
     env = {k: v for k, v in os.environ.items() if k != "NO_LOCAL_GGUF"}  # the converter's own gguf-py
     proc = subprocess.run(command, capture_output=True, text=True, env=env)
     try:
+        # logged before the outcome is known, so that --debug shows it when the converter fails
+        logger.debug("converter log:\n%s", (proc.stdout + proc.stderr)[-8000:])
         if proc.returncode != 0 or not partial.is_file():
             tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
             raise ExportError(
                 source.name,
                 reason=f"llama.cpp's converter failed (exit {proc.returncode}): {tail[0][:300]}",
-                hint="rerun with --debug for its log",
+                hint="rerun with --debug to see its log",
             )
-        logger.debug("converter log:\n%s", proc.stderr[-4000:])
         partial.replace(output)
     finally:
         partial.unlink(missing_ok=True)

@@ -13,6 +13,8 @@ from collections.abc import Sequence
 
 import torch
 
+from bakesteer.errors import PromptContentError
+
 #: Lowercase substrings that mark a refusal anywhere in a completion: the marker list of heretic's keyword scorer
 #: (p-e-w/heretic, ``scorers/keyword_rate.py``), the reference the issue names. Matching is done on a normalised
 #: text (:func:`normalise_for_markers`), and an empty completion counts as a refusal.
@@ -160,9 +162,12 @@ def scaled_projection(values: torch.Tensor, negative_mean: float, positive_mean:
     """Map projections linearly so that ``negative_mean`` becomes 0 and ``positive_mean`` becomes 1.
 
     Raises:
-        ValueError: when the two anchors coincide (the direction does not separate them).
+        PromptContentError: when the two anchors coincide (the direction does not separate them).
     """
     span = positive_mean - negative_mean
     if not math.isfinite(span) or span == 0:
-        raise ValueError("the anchors do not separate: positive and negative prompts project to the same value")
+        raise PromptContentError(
+            "positive and negative prompts project to the same value (the direction does not separate them)",
+            hint="use positive and negative prompt sets that differ in the concept to steer",
+        )
     return (values.double() - negative_mean) / span

@@ -176,3 +176,23 @@ def test_every_runtime_claim_names_its_check() -> None:
         checks = runtime_checks(spec)  # KeyError for a claim without a source read or a test that runs it
         assert list(checks) == list(spec.runtimes)
         assert checks["transformers"] == "run (test suite)"
+
+
+def test_a_failing_converter_shows_its_log_under_debug(baked: Path, tmp_path: Path, caplog) -> None:
+    """The error's hint says --debug shows the converter's log: it must, also when the converter fails."""
+    import logging
+
+    from bakesteer.errors import ExportError
+    from bakesteer.export import export_gguf
+
+    fake = tmp_path / "llama.cpp"
+    (fake / "gguf-py" / "gguf").mkdir(parents=True)
+    (fake / "convert_hf_to_gguf.py").write_text(
+        "import sys\nprint('loading model parts')\nprint('KeyError: rope_theta', file=sys.stderr)\nsys.exit(1)\n"
+    )
+    with caplog.at_level(logging.DEBUG, logger="bakesteer.export"), pytest.raises(ExportError) as err:
+        export_gguf(baked, tmp_path / "x.gguf", llama_cpp=fake)
+    assert "converter failed (exit 1): KeyError: rope_theta" in str(err.value) and "--debug" in err.value.hint
+    log = "\n".join(r.getMessage() for r in caplog.records)
+    assert "loading model parts" in log and "KeyError: rope_theta" in log
+    assert not (tmp_path / "x.gguf").exists() and not (tmp_path / ".x.gguf.partial").exists()

@@ -127,3 +127,18 @@ def test_scaled_projection_maps_the_anchors_to_0_and_1() -> None:
     assert scaled_projection(values, 2.0, 6.0).tolist() == [0.0, 1.0, 0.5, 2.0]
     with pytest.raises(ValueError):
         scaled_projection(values, 3.0, 3.0)
+
+
+def test_prompts_that_cannot_serve_are_typed_errors_with_a_fix() -> None:
+    """Bad prompt content reaches the CLI as one named line, not as an "unexpected ValueError"."""
+    from bakesteer.calibration import ResidualStatistics, mean_norms
+    from bakesteer.errors import PromptContentError
+    from bakesteer.metrics import scaled_projection
+
+    empty = ResidualStatistics(torch.zeros(3, dtype=torch.float64), 0, torch.zeros(3, 4, dtype=torch.float64), 5)
+    with pytest.raises(PromptContentError, match="no calibration token was counted") as err:
+        mean_norms(empty, empty)
+    assert err.value.hint == "use prompts of several words" and err.value.exit_code == 2
+    with pytest.raises(PromptContentError, match="project to the same value"):
+        scaled_projection(torch.tensor([0.5]), 1.0, 1.0)
+    assert scaled_projection(torch.tensor([1.0, 3.0]), 1.0, 3.0).tolist() == [0.0, 1.0]
