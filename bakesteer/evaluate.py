@@ -198,7 +198,8 @@ def evaluate(directory: Path, *, base: str | None = None, options: ConvertOption
         BakesteerError: any other bad input.
     """
     from bakesteer.dequantize import materialize_gguf
-    from bakesteer.source import DTYPES, resolve_source
+    from bakesteer.dtypes import DTYPES
+    from bakesteer.source import resolve_source
 
     options = options or ConvertOptions()
     directory = Path(directory)

@@ -18,6 +18,7 @@ from typing import Any, Literal
 
 import torch
 
+from bakesteer.dtypes import DTYPES, FLOAT_CODES
 from bakesteer.errors import ModelNotFoundError, OptionError, UnsupportedCheckpointError
 
 logger = logging.getLogger(__name__)
@@ -27,7 +28,6 @@ INDEX_FILE = "model.safetensors.index.json"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 #: Files fetched from the Hub: configs, tokenizer files, chat templates and safetensors weights; never pickles.
 HUB_PATTERNS = ["*.json", "*.safetensors", "*.model", "*.jinja", "*.txt", "*.tiktoken", "tokenizer*", "README.md"]
-DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 @dataclass(frozen=True)
@@ -337,7 +337,7 @@ def checkpoint_dtype(source: ModelSource) -> torch.dtype:
     with safe_open(str(source.directory / source.weight_files[0]), framework="pt") as handle:
         for key in handle.keys():
             dtype = handle.get_slice(key).get_dtype()
-            torch_dtype = {"F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16}.get(dtype)
+            torch_dtype = FLOAT_CODES.get(dtype)
             if torch_dtype is not None:
                 counts[torch_dtype] += 1
     return counts.most_common(1)[0][0] if counts else torch.float32

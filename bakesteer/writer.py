@@ -25,6 +25,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from bakesteer.bake import BiasPlan
+from bakesteer.dtypes import FLOAT_CODES, ITEMSIZE, SAFETENSORS_CODE
 from bakesteer.errors import OutputExistsError, OutputIsSourceError, OutputLocationError
 from bakesteer.progress import bar
 from bakesteer.source import INDEX_FILE, SINGLE_FILE
@@ -210,11 +211,6 @@ def _link_or_copy(src: Path, dst: Path) -> None:
         shutil.copyfile(src, dst)
 
 
-FLOAT_CODES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
-_SAFETENSORS_DTYPE = {dtype: code for code, dtype in FLOAT_CODES.items()}
-_ITEMSIZE = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}
-
-
 def read_header(path: Path) -> tuple[dict[str, Any], int]:
     """The JSON header of a safetensors file and the offset where its data starts."""
     with path.open("rb") as handle:
@@ -260,7 +256,7 @@ def stream_rewrite(
         nonlocal offset
         if key in out_header:
             raise ValueError(f"the plan writes {key!r} twice")
-        size = math.prod(shape) * _ITEMSIZE[code]
+        size = math.prod(shape) * ITEMSIZE[code]
         out_header[key] = {"dtype": code, "shape": shape, "data_offsets": [offset, offset + size]}
         jobs.append(job)
         offset += size
@@ -274,9 +270,9 @@ def stream_rewrite(
                 place(out_key, code, shape, ("copy", data_start + begin, data_start + stop))
                 continue
             out_shape = list(fn(torch.empty(shape, device="meta")).shape) if fn else shape
-            place(out_key, _SAFETENSORS_DTYPE[dtype] if is_float else code, out_shape, ("decode", key, fn, out_key))
+            place(out_key, SAFETENSORS_CODE[dtype] if is_float else code, out_shape, ("decode", key, fn, out_key))
     for key, tensor in extra.items():
-        code = _SAFETENSORS_DTYPE.get(tensor.dtype) or _torch_code(tensor.dtype)
+        code = SAFETENSORS_CODE[tensor.dtype]
         place(key, code, list(tensor.shape), tensor)
     encoded = json.dumps(out_header, separators=(",", ":")).encode("utf-8")
     encoded += b" " * (-len(encoded) % 8)  # the data section starts 8-byte aligned, as safetensors writes it
@@ -308,19 +304,6 @@ def stream_rewrite(
                     tensor = fn(tensor)
                 sink.write(_raw_bytes(tensor))
     return [k for k in out_header if k != "__metadata__"], offset
-
-
-def _torch_code(dtype: torch.dtype) -> str:
-    codes = {
-        torch.float64: "F64",
-        torch.int64: "I64",
-        torch.int32: "I32",
-        torch.int16: "I16",
-        torch.int8: "I8",
-        torch.uint8: "U8",
-        torch.bool: "BOOL",
-    }
-    return codes[dtype]
 
 
 def _nbytes(tensors: dict[str, torch.Tensor]) -> int:

@@ -68,3 +68,11 @@ def test_the_package_has_no_import_cycle() -> None:
 
 def test_the_cycle_finder_finds_a_cycle() -> None:
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+def test_the_dtype_names_the_cli_offers_are_the_table_s() -> None:
+    """options.py keeps its names without importing torch (`bakesteer --help` stays light); they must be the table's."""
+    from bakesteer.dtypes import DTYPES
+    from bakesteer.options import DTYPES as OPTION_DTYPES
+
+    assert OPTION_DTYPES == ("auto", *DTYPES)
