@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 
-def write_tiny_gguf(path: Path, *, rope_theta: float = 10000.0, seed: int = 0) -> Path:
+def write_tiny_gguf(path: Path, *, rope_theta: float = 10000.0, seed: int = 0, norm_dtype: Any = np.float32) -> Path:
     """A 5-layer, 64-wide Llama in F32 with a byte-level BPE tokenizer (the fixtures' tokenizer), rope base
-    ``rope_theta``."""
+    ``rope_theta``; ``norm_dtype`` stores the final norm in another type (F64 is one gguf cannot dequantize)."""
     import tempfile
 
     import gguf
@@ -62,7 +63,7 @@ def write_tiny_gguf(path: Path, *, rope_theta: float = 10000.0, seed: int = 0) -
         tensor(f"blk.{i}.ffn_gate.weight", ffn, hidden)
         tensor(f"blk.{i}.ffn_up.weight", ffn, hidden)
         tensor(f"blk.{i}.ffn_down.weight", hidden, ffn)
-    writer.add_tensor("output_norm.weight", np.ones(hidden, dtype=np.float32))
+    writer.add_tensor("output_norm.weight", np.ones(hidden, dtype=norm_dtype))
     tensor("output.weight", n_vocab, hidden, scale=1.0)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()

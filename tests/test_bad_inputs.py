@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
@@ -109,6 +110,7 @@ def workspace(tmp_path_factory, llama_dir: Path, prompt_files) -> Path:
     _damage(ws, "generation-not-json", lambda d: (d / "generation_config.json").write_text("{temperature: 0.5"))
     ggufs = ws / "ggufs"
     ggufs.mkdir()
+    write_tiny_gguf(ggufs / "f64.gguf", norm_dtype=np.float64)
     good = write_tiny_gguf(ggufs / "tiny.gguf")
     data = good.read_bytes()
     (ggufs / "truncated.gguf").write_bytes(data[: len(data) // 2])
@@ -185,6 +187,7 @@ CASES: list[Case] = [
     Case("GGUF truncated", _c("ggufs/truncated.gguf"), "truncated.gguf is "),
     Case("GGUF cut inside its header", _c("ggufs/header-only.gguf"), "header-only.gguf is damaged or truncated"),
     Case("random bytes named .gguf", _c("ggufs/random.gguf"), "random.gguf is not a GGUF file"),
+    Case("GGUF of a type gguf cannot dequantize", _c("ggufs/f64.gguf"), "holds tensor type(s) F64, which the gguf"),
     # tokenizer and generation config
     Case("tokenizer files deleted", _c("no-tokenizer"), "has no tokenizer files"),
     Case("tokenizer.json truncated", _c("tokenizer-truncated"), "tokenizer.json is not valid JSON"),
