@@ -5,6 +5,7 @@ Every registry entry must have a builder in FIXTURES (tests/test_architectures.p
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
@@ -214,3 +215,40 @@ def as_transformers4_layout(directory: Path, *, rope_theta: float, rope_scaling:
     tokenizer["tokenizer_class"] = "PreTrainedTokenizerFast"
     (directory / "tokenizer_config.json").write_text(json.dumps(tokenizer, indent=2, ensure_ascii=False) + "\n")
     return directory
+
+
+def compare_with_hooked(output: Path, source: Path, ids: Any, *, dtype: Any, spec: str = "llama") -> dict[str, float]:
+    """A written checkpoint against its source steered by hooks, measured here and not by bakesteer's validator:
+    ``baked_vs_hooked`` and ``baked_vs_base`` are max |Δlogit| / max |logit| on ``ids`` in ``dtype``; ``floor`` is the
+    hooked model in ``dtype`` against the hooked model in float32 (0 in float32). A GGUF ``source`` is dequantized
+    by transformers' own loader."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from bakesteer.architectures import REGISTRY
+    from bakesteer.hooks import steering
+    from bakesteer.vector import SteeringVector
+
+    vector = SteeringVector.load(output / "steering.safetensors")
+    meta = json.loads((output / "bakesteer.json").read_text())["method"]
+    offsets = vector.offsets((meta["band"]["start"], meta["band"]["end_exclusive"]), meta["k"])
+    source = Path(source)
+    kwargs = {"gguf_file": source.name} if source.suffix == ".gguf" else {}
+    where = source.parent if kwargs else source
+
+    def logits(directory: Path, load_dtype: Any, hooked: bool, **extra: Any) -> Any:
+        model = AutoModelForCausalLM.from_pretrained(directory, dtype=load_dtype, **extra).eval()
+        with torch.no_grad():
+            if not hooked:
+                return model(ids).logits.float()
+            with steering(model, REGISTRY[spec], offsets):
+                return model(ids).logits.float()
+
+    def rel(a: Any, b: Any) -> float:
+        return float((a - b).abs().max() / b.abs().max())
+
+    baked = logits(output, dtype, hooked=False)
+    hooked = logits(where, dtype, hooked=True, **kwargs)
+    base = logits(where, dtype, hooked=False, **kwargs)
+    exact = logits(where, torch.float32, hooked=True, **kwargs) if dtype != torch.float32 else hooked
+    return {"baked_vs_hooked": rel(baked, hooked), "baked_vs_base": rel(baked, base), "floor": rel(hooked, exact)}

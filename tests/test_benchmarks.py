@@ -7,7 +7,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.smoke
 
 
 def test_cuda_check_runs_on_the_cpu_with_small_models(tmp_path: Path) -> None:

@@ -247,3 +247,25 @@ def test_failure_leaves_nothing(llama_dir: Path, prompt_files, tmp_path: Path) -
     with pytest.raises(DirectionError):
         convert(str(llama_dir), out, ConvertOptions(positive=prompt_files[0], negative=prompt_files[0]))
     assert list(tmp_path.iterdir()) == []  # neither the output, nor hidden staging dirs, nor created parents
+
+
+def test_the_independent_comparison_fails_on_a_bias_perturbed_after_validation(
+    llama_dir: Path, prompt_files, tmp_path: Path
+) -> None:
+    """tests/fixtures.compare_with_hooked measures a written checkpoint without bakesteer's validator, so it catches
+    what changes after validation: one baked bias nudged by 1% of its norm moves the logits past the tolerance."""
+    from fixtures import compare_with_hooked
+    from safetensors.torch import load_file, save_file
+
+    out = convert(str(llama_dir), tmp_path / "out", fast(prompt_files, alpha=2.0)).output
+    before = compare_with_hooked(out, llama_dir, IDS, dtype=torch.float32)
+    assert before["baked_vs_hooked"] <= FP32_TOLERANCE < before["baked_vs_base"]
+
+    shard = out / "model-steering-biases.safetensors"
+    tensors = load_file(shard)
+    key = "model.layers.3.mlp.down_proj.bias"
+    tensors[key] = tensors[key] + 0.01 * tensors[key].norm() * torch.ones_like(tensors[key]) / 8
+    shard.unlink()  # a hard link would change the source too; the bias shard is the output's own file
+    save_file(tensors, str(shard), metadata={"format": "pt"})
+    after = compare_with_hooked(out, llama_dir, IDS, dtype=torch.float32)
+    assert after["baked_vs_hooked"] > 10 * FP32_TOLERANCE

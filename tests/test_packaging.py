@@ -8,7 +8,10 @@ import sys
 import zipfile
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.packaging
 
 
 def test_wheel_ships_data_and_runs_from_elsewhere(tmp_path: Path) -> None:

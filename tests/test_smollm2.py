@@ -69,9 +69,19 @@ def test_attention_sink_is_excluded(gguf: Path) -> None:
 
 
 def test_smollm2_bfloat16(gguf: Path, tmp_path: Path) -> None:
+    """Measured here, not read back from the validator: the bf16 checkpoint sits within two bf16 floors of the hooked
+    source (both are about one floor from the float32 truth), and far from the base."""
+    from fixtures import compare_with_hooked
+    from transformers import AutoTokenizer
+
     result = convert(str(gguf), tmp_path / "out", ConvertOptions(alpha=1.0, dtype="bfloat16", probes=4))
-    v = result.validation
-    assert v.dtype == "bfloat16" and v.floor_relative and v.relative_diff <= v.tolerance
+    ids = _chat_ids(AutoTokenizer.from_pretrained(result.output), "Give me three tips for keeping houseplants alive.")
+    measured = compare_with_hooked(result.output, gguf, ids, dtype=torch.bfloat16)
+    print(f"\nSmolLM2 bf16, measured independently: {measured}")
+    assert 0 < measured["floor"] < 0.05
+    assert measured["baked_vs_hooked"] <= 2 * measured["floor"]
+    assert measured["baked_vs_base"] > 10 * measured["floor"]
+    assert result.validation.dtype == "bfloat16"
 
 
 def test_smollm2_gguf_publish_and_download(gguf: Path, hub, tmp_path: Path) -> None:
