@@ -21,6 +21,15 @@ from bakesteer.validation import FLOOR_FACTOR, FP32_TOLERANCE
 from bakesteer.vector import SteeringVector
 
 
+def _exact_and_not_base(output: Path, source: Path, spec: str) -> None:
+    """Measured without the validator (tests/fixtures.compare_with_hooked): baked == hooked, baked != base."""
+    from fixtures import compare_with_hooked
+
+    ids = torch.tensor([[1, 40, 41, 42, 43, 44, 45, 46, 47, 48, 100, 200, 300]])
+    measured = compare_with_hooked(output, source, ids, dtype=torch.float32, spec=spec)
+    assert measured["baked_vs_hooked"] <= FP32_TOLERANCE < 1e-2 < measured["baked_vs_base"], measured
+
+
 def test_every_entry_has_a_fixture() -> None:
     assert set(REGISTRY) == set(FIXTURES)
     assert not set(REGISTRY) & set(REFUSED)
@@ -91,7 +100,7 @@ def test_starcoder2_without_biases_switches_the_flag(models_dir: Path, prompt_fi
     result = convert(str(src), tmp_path / "out", ConvertOptions(positive=prompt_files[0], negative=prompt_files[1]))
     assert result.metadata["architecture"]["strategy"] == "native_flag"
     assert result.metadata["architecture"]["config_updates"] == {"use_bias": True}
-    assert result.validation.relative_diff <= FP32_TOLERANCE < result.validation.base_relative_diff
+    _exact_and_not_base(result.output, src, "starcoder2")
 
 
 def _config(name: str, **kw):
@@ -156,7 +165,7 @@ def test_phi3_longrope_remap_is_exact(models_dir: Path, prompt_files, tmp_path: 
     config = Phi3Config(**LLAMA_LIKE, sliding_window=None, rope_parameters=rope, original_max_position_embeddings=16)
     src = save_model(config, models_dir / "phi3-longrope")
     result = convert(str(src), tmp_path / "out", ConvertOptions(positive=prompt_files[0], negative=prompt_files[1]))
-    assert result.validation.relative_diff <= FP32_TOLERANCE < result.validation.base_relative_diff
+    _exact_and_not_base(result.output, src, "phi3")
     written = json.loads((result.output / "config.json").read_text())
     assert written["model_type"] == "llama" and written["rope_parameters"]["rope_type"] == "longrope"
     assert written["rope_parameters"]["long_factor"] == rope["long_factor"]
@@ -217,7 +226,7 @@ def test_tied_qwen2_stays_tied_under_the_remap(models_dir: Path, prompt_files, t
     assert json.loads((result.output / "config.json").read_text())["tie_word_embeddings"] is True
     model = AutoModelForCausalLM.from_pretrained(result.output)
     assert model.lm_head.weight.data_ptr() == model.model.embed_tokens.weight.data_ptr()
-    assert result.validation.relative_diff <= FP32_TOLERANCE < result.validation.base_relative_diff
+    _exact_and_not_base(result.output, src, "qwen2")
 
 
 def test_vector_for_a_remote_code_family_needs_no_opt_in(sources, prompt_files, tmp_path: Path) -> None:

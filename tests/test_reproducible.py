@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
-from fixtures import output_tensors
+from fixtures import compare_with_hooked, output_tensors
 from safetensors import safe_open
 
 from bakesteer import ConvertOptions, convert
@@ -163,8 +163,10 @@ def test_a_gguf_source_converts_and_is_recorded(llama_dir: Path, prompt_files, t
     gguf_path = write_llama_gguf(llama_dir, tmp_path / "tiny.F32.gguf")
     options = ConvertOptions(positive=prompt_files[0], negative=prompt_files[1], probes=4, greedy_tokens=8)
     result = convert(str(gguf_path), tmp_path / "out", options)
-    v = result.validation
-    assert v is not None and v.relative_diff <= FP32_TOLERANCE < v.base_relative_diff and v.greedy_equal
+    measured = compare_with_hooked(
+        result.output, gguf_path, torch.tensor([[1, 40, 41, 42, 43, 100]]), dtype=torch.float32
+    )
+    assert measured["baked_vs_hooked"] <= FP32_TOLERANCE < 1e-2 < measured["baked_vs_base"]
     assert result.metadata["base_model"] == {
         "kind": "gguf",
         "model_id": "tiny.F32.gguf",
