@@ -178,9 +178,12 @@ def test_every_runtime_claim_names_its_check() -> None:
         assert checks["transformers"] == "run (test suite)"
 
 
-def test_a_failing_converter_shows_its_log_under_debug(baked: Path, tmp_path: Path, caplog) -> None:
+def test_a_failing_converter_shows_its_log_under_debug(
+    baked: Path, tmp_path: Path, caplog, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The error's hint says --debug shows the converter's log: it must, also when the converter fails."""
     import logging
+    import sys
 
     from bakesteer.errors import ExportError
     from bakesteer.export import export_gguf
@@ -190,6 +193,10 @@ def test_a_failing_converter_shows_its_log_under_debug(baked: Path, tmp_path: Pa
     (fake / "convert_hf_to_gguf.py").write_text(
         "import sys\nprint('loading model parts')\nprint('KeyError: rope_theta', file=sys.stderr)\nsys.exit(1)\n"
     )
+    # the converter's own import, checked before it runs (the fake converter needs none): a stand-in package
+    (tmp_path / "site" / "sentencepiece").mkdir(parents=True)
+    (tmp_path / "site" / "sentencepiece" / "__init__.py").write_text("")
+    monkeypatch.setattr(sys, "path", [str(tmp_path / "site"), *sys.path])
     with caplog.at_level(logging.DEBUG, logger="bakesteer.export"), pytest.raises(ExportError) as err:
         export_gguf(baked, tmp_path / "x.gguf", llama_cpp=fake)
     assert "converter failed (exit 1): KeyError: rope_theta" in str(err.value) and "--debug" in err.value.hint
