@@ -14,7 +14,7 @@ from typing import Any
 
 from bakesteer.card import CARD_FILENAME, METADATA_FILENAME, REPO_PLACEHOLDER
 from bakesteer.errors import HubError, NotPushableError
-from bakesteer.hubnet import ensure_timeout, network_cause, network_error
+from bakesteer.hubnet import ensure_timeout, network_cause, network_error, status_of
 from bakesteer.source import sha256_file
 
 logger = logging.getLogger(__name__)
@@ -76,8 +76,8 @@ def _hub_error(repo_id: str, err: BaseException, action: str = "push to") -> Hub
             return HubError(
                 repo_id, None, "HF_HUB_OFFLINE is set", "unset HF_HUB_OFFLINE to reach the Hub", action=action
             )
-        status = getattr(getattr(cause, "response", None), "status_code", None)  # HfHubHTTPError, HTTPStatusError
-        if isinstance(status, int):
+        status = status_of(cause)  # HfHubHTTPError, httpx.HTTPStatusError
+        if status is not None:
             reason, hint = _STATUS.get(status, (f"the Hub answered {status}", "rerun later; check the Hub's status"))
             return HubError(repo_id, status, reason, hint, action=action)
         cause = cause.__cause__

@@ -109,11 +109,17 @@ def http_status(err: BaseException) -> int | None:
     ``httpx.HTTPStatusError``), else ``None``: a 404 is an answer, not a network failure."""
     cause: BaseException | None = err
     while cause is not None:
-        status = getattr(getattr(cause, "response", None), "status_code", None)
-        if isinstance(status, int):
+        status = status_of(cause)
+        if status is not None:
             return status
         cause = cause.__cause__ or cause.__context__
     return None
+
+
+def status_of(err: BaseException) -> int | None:
+    """The HTTP status ``err`` itself carries (its ``response.status_code``), else ``None``."""
+    status = getattr(getattr(err, "response", None), "status_code", None)
+    return status if isinstance(status, int) else None
 
 
 def network_cause(err: BaseException) -> BaseException | None:

@@ -264,10 +264,11 @@ def convert(model: str, output: Path, options: ConvertOptions | None = None) -> 
         AtomicDirectory(output, overwrite=options.overwrite, source=model) as staging,
     ):
         if source.gguf_file:
-            budget.needed = gguf_copy_bytes(source.directory / source.gguf_file, resolve_dtype(options.dtype, source))
+            copy_dtype = resolve_dtype(options.dtype, source)
+            budget.needed = gguf_copy_bytes(source.directory / source.gguf_file, copy_dtype)
             require_space(output, budget.needed)
             with timer.stage("dequantize"):
-                source = materialize_gguf(source, resolve_dtype(options.dtype, source), staging.scratch)
+                source = materialize_gguf(source, copy_dtype, staging.scratch)
                 free_memory()
         with timer.stage("load"):
             loaded, tokenizer, dtype, placement = load(source, options, staging.scratch)
