@@ -8,16 +8,12 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from bakesteer.metric_table import METRICS
 from bakesteer.options import ConvertOptions
+from bakesteer.record import CARD_FILE, MU_PLOT, SWEEP_PLOT, Record
 
-CARD_FILENAME = "README.md"
-#: The conversion record (options, hashes, validation report, fingerprint) beside the weights.
-METADATA_FILENAME = "bakesteer.json"
-PLOT_FILENAME = "mu.png"
 #: Stands for the repository id in the card's usage snippet; ``bakesteer push`` replaces it with the real one.
 REPO_PLACEHOLDER = "REPO_ID"
-#: The ``--alpha auto`` sweep's plot (each metric against k, the chosen k marked).
-SWEEP_PLOT = "sweep.png"
 
 
 #: Recorded options the reproduce command leaves out: ``vector`` (the command calibrates again, which gives the same
@@ -25,14 +21,15 @@ SWEEP_PLOT = "sweep.png"
 _NOT_IN_COMMAND = ("vector",)
 
 
-def command_line(metadata: dict[str, Any]) -> str:
+def command_line(record: Record) -> str:
     """The ``bakesteer convert`` command that reproduces the output: every recorded option that is not the default,
     quoted for a POSIX shell (``shlex`` parses it back), no publish flags, ``OUTPUT`` for the output directory."""
     import shlex
 
     defaults = ConvertOptions().to_dict()
-    recorded = metadata["options"]
-    parts = ["bakesteer", "convert", metadata["base_model"]["model_id"]]
+    recorded = record.options
+    base = record.base_model
+    parts = ["bakesteer", "convert", base["model_id"]]
     for f in ConvertOptions.fields_in():
         if f.name not in recorded or f.name in _NOT_IN_COMMAND or recorded[f.name] == defaults[f.name]:
             continue
@@ -42,8 +39,8 @@ def command_line(metadata: dict[str, Any]) -> str:
             parts.append(flag[0] if value else flag[-1])
         else:
             parts += [flag[0], repr(value) if isinstance(value, float) else str(value)]  # repr: exact round trip
-    if not recorded.get("revision") and metadata["base_model"]["kind"] == "hub" and metadata["base_model"]["revision"]:
-        parts += ["--revision", metadata["base_model"]["revision"]]
+    if not recorded.get("revision") and base["kind"] == "hub" and base["revision"]:
+        parts += ["--revision", base["revision"]]
     return shlex.join([*parts, "--output", "OUTPUT"])
 
 
@@ -56,7 +53,7 @@ def source_license(directory: Path) -> dict[str, str]:
     ``license: other`` needs to mean anything), when it has them."""
     from huggingface_hub import ModelCard
 
-    path = directory / CARD_FILENAME
+    path = directory / CARD_FILE
     if not path.is_file():
         return {}
     data = ModelCard.load(path).data.to_dict()
@@ -76,6 +73,22 @@ def _fmt(value: float | None, spec: str) -> str:
     return "-" if value is None else spec % value
 
 
+def _metric_rows(evaluation: dict[str, Any] | None, *, positive: str, negative: str) -> list[tuple[str, str, str]]:
+    """The card's *Measured effect* rows: (what, this model, base model), one per metric of :data:`METRICS`."""
+    if not evaluation:
+        return []
+    model, base = evaluation["metrics"]["model"], evaluation["metrics"]["base"]
+    layer = evaluation["concept"]["layer"]
+    return [
+        (
+            m.row.format(positive=positive, negative=negative, layer=layer),
+            m.format(model),
+            m.base_note or m.format(base),
+        )
+        for m in METRICS
+    ]
+
+
 def card_template(name: str = "bakesteer.md.j2") -> str:
     """A template from ``model_cards/``: shipped as ``bakesteer.model_cards`` when installed, or read from the
     repository's top-level folder when bakesteer runs from a checkout."""
@@ -86,15 +99,16 @@ def card_template(name: str = "bakesteer.md.j2") -> str:
     return (Path(__file__).resolve().parents[1] / "model_cards" / name).read_text(encoding="utf-8")
 
 
-def render_card(metadata: dict[str, Any], *, license_: dict[str, str] | None = None) -> str:
-    """The model card text (YAML front matter and body) for a conversion's ``bakesteer.json`` contents."""
+def render_card(record: Record, *, license_: dict[str, str] | None = None) -> str:
+    """The model card text (YAML front matter and body) for a conversion's record."""
     from huggingface_hub import ModelCard, ModelCardData
 
-    method, arch, v = metadata["method"], metadata["architecture"], metadata["validation"]
-    base = metadata["base_model"]
-    positive, negative = metadata["calibration"]["positive"], metadata["calibration"]["negative"]
+    method, arch, v = record.method, record.architecture, record.validation
+    base = record.base_model
+    positive, negative = record.calibration["positive"], record.calibration["negative"]
     concept = "refusal" if positive["name"].startswith("default:") else "custom-direction"
-    remote = arch["strategy"] == "remote_code"
+    names = (positive["name"].removeprefix("default:"), negative["name"].removeprefix("default:"))
+    remote = record.strategy == "remote_code"
     tags = ["bakesteer", "steering", concept] + (["custom_code"] if remote else [])
     # base_model_relation is left unset: the Hub's relations (adapter, merge, quantized, finetune) describe training,
     # merging or compression, and a baked bias is none of them; base_model still links the source.
@@ -109,20 +123,24 @@ def render_card(metadata: dict[str, Any], *, license_: dict[str, str] | None = N
     )
     flags = ", ".join(f"{k}={json.dumps(val)}" for k, val in arch["config_updates"].items())
     template = card_template()
-    sweep = metadata.get("sweep")
+    sweep = record.sweep
     sweep_rows = []
+    in_sweep = [m for m in METRICS if m.sweep_header]
     if sweep:
         kept = {d["alpha"]: "yes" if d["kept"] else f"no ({d['why_not']})" for d in sweep["decisions"]}
-        sweep_rows = [(run, kept.get(run["alpha"], "reference")) for run in sweep["runs"]]
+        sweep_rows = [
+            (run["alpha"], [m.format(run["metrics"]) for m in in_sweep], kept.get(run["alpha"], "reference"))
+            for run in sweep["runs"]
+        ]
     card = ModelCard.from_template(
         data,
         template_str=template,
         title=f"{base['model_id']} steered (k = {method['k']:g})",
         base_name=base["model_id"],
-        version=metadata["bakesteer_version"],
+        version=record.version,
         remote_code=remote,
-        positive=positive["name"].removeprefix("default:"),
-        negative=negative["name"].removeprefix("default:"),
+        positive=names[0],
+        negative=names[1],
         concept=concept,
         k=method["k"],
         relative=method["relative_strength"],
@@ -135,17 +153,19 @@ def render_card(metadata: dict[str, Any], *, license_: dict[str, str] | None = N
         strategy_text=_STRATEGY_TEXT[arch["strategy"]].format(
             flag=flags or "-", target=arch["config_updates"].get("model_type", "")
         ),
-        plot=PLOT_FILENAME,
+        plot=MU_PLOT,
         repo_id=REPO_PLACEHOLDER,
         v=v,
-        readers=metadata.get("readers"),
-        command=command_line(metadata),
-        fingerprint=metadata["fingerprint"],
+        readers=record.readers,
+        command=command_line(record),
+        fingerprint=record.fingerprint,
         calibration_prompts=positive["calibration"] + negative["calibration"],
         auto=method.get("k_chosen_by") == "sweep",
-        evaluation=metadata.get("evaluation"),
+        evaluation=record.evaluation,
         sweep=sweep,
         sweep_rows=sweep_rows,
+        sweep_headers=[m.sweep_header for m in in_sweep],
+        metric_rows=_metric_rows(record.evaluation, positive=names[0], negative=names[1]),
         sweep_plot=SWEEP_PLOT,
         fmt=_fmt,
         zip=zip,
@@ -154,13 +174,11 @@ def render_card(metadata: dict[str, Any], *, license_: dict[str, str] | None = N
     return str(card)
 
 
-def write_card(directory: Path, metadata: dict[str, Any], *, license_: dict[str, str] | None = None) -> None:
+def write_card(directory: Path, record: Record, *, license_: dict[str, str] | None = None) -> None:
     """Write ``README.md``, ``mu.png`` and, after ``--alpha auto``, ``sweep.png`` into ``directory``."""
     from bakesteer.plots import plot_mu, plot_sweep
 
-    method = metadata["method"]
-    band = (method["band"]["start"], method["band"]["end_exclusive"])
-    (directory / PLOT_FILENAME).write_bytes(plot_mu(method["mu"], band))
-    if metadata.get("sweep"):
-        (directory / SWEEP_PLOT).write_bytes(plot_sweep(metadata["sweep"]["runs"], chosen=method["k"]))
-    (directory / CARD_FILENAME).write_text(render_card(metadata, license_=license_), encoding="utf-8")
+    (directory / MU_PLOT).write_bytes(plot_mu(record.method["mu"], record.band))
+    if record.sweep:
+        (directory / SWEEP_PLOT).write_bytes(plot_sweep(record.sweep["runs"], chosen=record.k))
+    (directory / CARD_FILE).write_text(render_card(record, license_=license_), encoding="utf-8")

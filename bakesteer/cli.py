@@ -20,6 +20,7 @@ import click
 
 from bakesteer.errors import INTERRUPTED_STATE, BakesteerError
 from bakesteer.options import AUTO, GGUF_OUTTYPES, ConvertOptions
+from bakesteer.record import write_json
 from bakesteer.version import __version__
 
 F = typing.TypeVar("F", bound=Callable[..., Any])
@@ -245,12 +246,8 @@ def convert(model: str, output: Path, report: Path | None, quiet: bool, debug: b
 
 
 def _write_report(path: Path, result: Any) -> None:
-    import json
-
     data = result.report() if result.up_to_date is None else {"up_to_date": True, **result.metadata}
-    partial = path.with_name(f".{path.name}.partial")
-    partial.write_text(json.dumps(data, indent=2) + "\n")
-    partial.replace(path)
+    write_json(path, data, sort_keys=False)
 
 
 def _summary(result: Any, output: Path) -> None:
@@ -299,32 +296,14 @@ def vector(model: str, output: Path, quiet: bool, debug: bool, **values: Any) ->
         click.echo(f"saved a {vec.num_layers}-layer vector (d_model {vec.d_model}) to {output}")
 
 
-#: Columns of the metrics tables: (key, header, format).
-_METRIC_COLUMNS = (
-    ("kl", "KL", "{:.3g}"),
-    ("perplexity", "ppl", "{:.4g}"),
-    ("fluency", "fluency", "{:.4g}"),
-    ("repetition", "rep4", "{:.3f}"),
-    ("concept", "concept", "{:.3f}"),
-    ("refusal_rate.positive", "refuse+", "{:.2f}"),
-    ("refusal_rate.negative", "refuse-", "{:.2f}"),
-    ("refusal_score", "refusal lo", "{:.3g}"),
-)
-
-
 def _metrics_table(rows: dict[str, dict[str, Any]]) -> str:
-    """A fixed-width table, one row per labelled metrics dict."""
-    from bakesteer.plots import metric_value
+    """A fixed-width table, one row per labelled metrics dict, one column per metric of ``METRICS``."""
+    from bakesteer.metric_table import METRICS
 
     width = max(len(label) for label in rows) + 2
-    head = "".join(f"{h:>11}" for _, h, _ in _METRIC_COLUMNS)
-    lines = [" " * width + head]
+    lines = [" " * width + "".join(f"{m.short:>11}" for m in METRICS)]
     for label, metrics in rows.items():
-        cells = []
-        for key, _, fmt in _METRIC_COLUMNS:
-            value = metric_value(metrics, key)
-            cells.append(f"{'-' if value != value else fmt.format(value):>11}")
-        lines.append(f"{label:<{width}}" + "".join(cells))
+        lines.append(f"{label:<{width}}" + "".join(f"{m.format(metrics):>11}" for m in METRICS))
     return "\n".join(lines)
 
 
@@ -407,7 +386,7 @@ def eval_(directory: Path, base: str | None, output: Path | None, quiet: bool, d
 
         report = evaluate(directory, base=base, options=options)
         if output is not None:
-            from bakesteer.writer import check_output, write_json
+            from bakesteer.writer import check_output
 
             check_output(Path(output).absolute(), overwrite=False)
             write_json(Path(output), report.to_dict())

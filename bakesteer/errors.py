@@ -210,23 +210,54 @@ class DiskSpaceError(BakesteerError, OSError):
         )
 
 
-class ValidationError(BakesteerError, AssertionError):
+class ValidationError(BakesteerError, RuntimeError):
     """The baked checkpoint, reloaded from disk, does not reproduce the hooked model.
 
     Attributes:
-        check: Which check failed (``keys``, ``logits``, ``greedy``, ``no-op``, ``config``, ``readers``, ``bias``).
+        check: Which check failed (``keys``, ``logits``, ``greedy``, ``no-op``, ``config``, ``readers``, ``bias``,
+            ``tokenizer``).
+        detail: What the check found, in words.
+        measured: The number the check compared (a relative logit difference, a greedy step, a count), if any.
+        bound: What it was compared with (the tolerance), if any.
         report: The validation report as a dict (every number measured so far).
     """
 
     exit_code = 3
 
-    def __init__(self, check: str, detail: str, *, report: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        check: str,
+        detail: str,
+        *,
+        measured: float | None = None,
+        bound: float | None = None,
+        report: dict[str, Any] | None = None,
+    ) -> None:
         self.check = check
         self.detail = detail
+        self.measured = measured
+        self.bound = bound
         self.report = report or {}
         super().__init__(
             f"validation failed ({check}): {detail}; nothing was written",
             hint="rerun with --debug to see every number the check measured, and report them with the command",
+        )
+
+
+class NotAnOutputError(BakesteerError, FileNotFoundError):
+    """A directory (or Hub repository) that a command needs to be a bakesteer output is not one.
+
+    Attributes:
+        where: The directory name, or ``repo@revision``.
+        reason: What is missing or unreadable.
+    """
+
+    def __init__(self, where: str, *, reason: str) -> None:
+        self.where = where
+        self.reason = reason
+        super().__init__(
+            f"{where} is not a bakesteer output ({reason})",
+            hint="pass a directory written by `bakesteer convert` (bakesteer.json and steering.safetensors inside)",
         )
 
 

@@ -8,7 +8,6 @@ sweep run at ``k``.
 
 from __future__ import annotations
 
-import json
 import logging
 import tempfile
 import time
@@ -18,20 +17,18 @@ from typing import Any
 
 import torch
 
-from bakesteer.card import METADATA_FILENAME
 from bakesteer.errors import EvaluationError
 from bakesteer.measure import base_reading, concept_probe, run_metrics, run_outputs, run_samples
 from bakesteer.options import ConvertOptions
 from bakesteer.placement import Placement, free_memory, load_causal_lm, placement_from
 from bakesteer.prompts import PromptSet, load_prompt_set
+from bakesteer.record import EVAL_FILE, read_output
 from bakesteer.source import ModelSource
-from bakesteer.vector import VECTOR_FILENAME, SteeringVector
+from bakesteer.vector import SteeringVector
 from bakesteer.version import __version__
 
 logger = logging.getLogger(__name__)
 
-#: The full evaluation (metrics and every completion) that ``convert --eval`` writes beside the weights.
-EVAL_FILE = "evaluation.json"
 _KINDS = {"local": "a local directory", "gguf": "a GGUF file"}
 #: Example completions per model that the card shows.
 CARD_EXAMPLES = 3
@@ -194,7 +191,8 @@ def evaluate(directory: Path, *, base: str | None = None, options: ConvertOption
             ``max_new_tokens``, ``dtype`` (``auto``: the checkpoint's), ``device``, batch sizes.
 
     Raises:
-        EvaluationError: not a bakesteer output, no base known, or prompt sets that differ from the calibration's.
+        NotAnOutputError: not a bakesteer output.
+        EvaluationError: no base known, or prompt sets that differ from the calibration's.
         BakesteerError: any other bad input.
     """
     from bakesteer.dequantize import materialize_gguf
@@ -203,15 +201,9 @@ def evaluate(directory: Path, *, base: str | None = None, options: ConvertOption
 
     options = options or ConvertOptions()
     directory = Path(directory)
-    meta_path = directory / METADATA_FILENAME
-    if not meta_path.is_file() or not (directory / VECTOR_FILENAME).is_file():
-        raise EvaluationError(
-            directory.name,
-            reason=f"not a bakesteer output (no {METADATA_FILENAME} or {VECTOR_FILENAME})",
-            hint="pass a directory written by `bakesteer convert`",
-        )
-    meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    recorded = meta["base_model"]
+    out = read_output(directory)
+    record = out.record
+    recorded = record.base_model
     revision = None
     if base is None:
         if recorded["kind"] != "hub":
@@ -222,13 +214,13 @@ def evaluate(directory: Path, *, base: str | None = None, options: ConvertOption
                 hint="pass that model with --base",
             )
         base, revision = recorded["model_id"], recorded.get("revision")
-    calibration = meta["calibration"]
+    calibration = record.calibration
     positive = _prompt_set(options, "positive", calibration.get("positive", {}), directory)
     negative = _prompt_set(options, "negative", calibration.get("negative", {}), directory)
-    options = options.replace(chat_template=bool(meta["options"].get("chat_template", True)))
-    vector = SteeringVector.load(directory / VECTOR_FILENAME)
-    band = (int(meta["method"]["band"]["start"]), int(meta["method"]["band"]["end_exclusive"]))
-    dtype = DTYPES[meta["output"]["dtype"] if options.dtype == "auto" else options.dtype]
+    options = options.replace(chat_template=record.chat_template)
+    vector = SteeringVector.load(out.vector_path)
+    band = record.band
+    dtype = DTYPES[record.dtype if options.dtype == "auto" else options.dtype]
     source = resolve_source(base, revision=revision)
     if source.revision != recorded.get("revision"):
         logger.warning(
@@ -251,7 +243,7 @@ def evaluate(directory: Path, *, base: str | None = None, options: ConvertOption
             negative=negative,
             dtype=dtype,
             placement=placement_from(options).with_offload_folder(Path(scratch) / "offload"),
-            trust_remote_code=meta["architecture"]["strategy"] == "remote_code",
+            trust_remote_code=record.strategy == "remote_code",
             options=options,
-            alpha=float(meta["method"]["k"]),
+            alpha=record.k,
         )

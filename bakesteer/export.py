@@ -22,7 +22,6 @@ the ``vendor/llama.cpp`` of the llama-cpp-python sdist on PyPI; ``make llama-cpp
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import subprocess
@@ -32,10 +31,10 @@ from pathlib import Path
 
 import torch
 
-from bakesteer.card import METADATA_FILENAME
 from bakesteer.errors import ExportError
 from bakesteer.options import GGUF_OUTTYPES, parse_layers
-from bakesteer.vector import VECTOR_FILENAME, SteeringVector
+from bakesteer.record import atomic_path, read_output
+from bakesteer.vector import SteeringVector
 
 logger = logging.getLogger(__name__)
 
@@ -70,17 +69,11 @@ class ControlVector:
 
 def _offsets(source: Path, alpha: float | None, layers: str | None) -> tuple[torch.Tensor, tuple[int, int], float, str]:
     """The offsets to export, their band and k, and the model type, from an output directory or a vector file."""
-    hint = "pass a directory written by `bakesteer convert`, or a steering.safetensors with --alpha and --layers"
     if source.is_dir():
-        meta_path, vector_path = source / METADATA_FILENAME, source / VECTOR_FILENAME
-        if not meta_path.is_file() or not vector_path.is_file():
-            raise ExportError(source.name, reason="not a bakesteer output", hint=hint)
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-        vector = SteeringVector.load(vector_path)
-        band = (int(meta["method"]["band"]["start"]), int(meta["method"]["band"]["end_exclusive"]))
-        if layers is not None:
-            band = parse_layers(layers, vector.num_layers)
-        k = float(meta["method"]["k"]) if alpha is None else float(alpha)
+        out = read_output(source)
+        vector = SteeringVector.load(out.vector_path)
+        band = out.record.band if layers is None else parse_layers(layers, vector.num_layers)
+        k = out.record.k if alpha is None else float(alpha)
     else:
         vector = SteeringVector.load(source)  # VectorFileError for anything else
         if alpha is None or layers is None:
@@ -133,20 +126,16 @@ def export_control_vector(
             ),
         )
     blocks = [block for block in range(*band) if bool(offsets[block].any())]
-    partial = output.with_name(f".{output.name}.partial")
-    writer = gguf.GGUFWriter(str(partial), CONTROL_VECTOR_ARCH)
-    writer.add_string(f"{CONTROL_VECTOR_ARCH}.model_hint", model_type)
-    writer.add_int32(f"{CONTROL_VECTOR_ARCH}.layer_count", len(blocks))
-    for block in blocks:
-        writer.add_tensor(f"direction.{block}", offsets[block].to(torch.float32).numpy())
-    try:
+    with atomic_path(output) as partial:
+        writer = gguf.GGUFWriter(str(partial), CONTROL_VECTOR_ARCH)
+        writer.add_string(f"{CONTROL_VECTOR_ARCH}.model_hint", model_type)
+        writer.add_int32(f"{CONTROL_VECTOR_ARCH}.layer_count", len(blocks))
+        for block in blocks:
+            writer.add_tensor(f"direction.{block}", offsets[block].to(torch.float32).numpy())
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
         writer.write_tensors_to_file()
         writer.close()
-        partial.replace(output)
-    finally:
-        partial.unlink(missing_ok=True)
     logger.info("wrote %s: %d directions, blocks %d-%d, k=%g", output.name, len(blocks), band[0], band[1] - 1, k)
     return ControlVector(output, blocks, k, band, model_type)
 
@@ -190,14 +179,11 @@ def export_gguf(
         from bakesteer.errors import OutputExistsError
 
         raise OutputExistsError(output)
-    meta_path = source / METADATA_FILENAME
-    if not meta_path.is_file():
-        raise ExportError(source.name, reason="not a bakesteer output", hint="pass a directory written by convert")
-    architecture = json.loads(meta_path.read_text(encoding="utf-8"))["architecture"]
-    if "llama.cpp" not in architecture.get("runtimes", []):
+    record = read_output(source, vector=False).record
+    if "llama.cpp" not in record.runtimes:
         raise ExportError(
             source.name,
-            reason=f"llama.cpp does not run a {architecture['model_type']} checkpoint with its baked biases",
+            reason=f"llama.cpp does not run a {record.model_type} checkpoint with its baked biases",
             hint="export the offsets instead: bakesteer export DIR --control-vector FILE.gguf",
         )
     script = find_converter(llama_cpp)
@@ -209,12 +195,11 @@ def export_gguf(
             reason="llama.cpp's converter needs the sentencepiece package, which is not installed",
             hint="pip install 'sentencepiece>=0.1.98,<0.3' (the llamacpp extra)",
         )
-    partial = output.with_name(f".{output.name}.partial")
-    command = [sys.executable, str(script), str(source), "--outfile", str(partial), "--outtype", outtype]
-    logger.info("running %s", " ".join(command))
-    env = {k: v for k, v in os.environ.items() if k != "NO_LOCAL_GGUF"}  # the converter's own gguf-py
-    proc = subprocess.run(command, capture_output=True, text=True, env=env)
-    try:
+    with atomic_path(output) as partial:
+        command = [sys.executable, str(script), str(source), "--outfile", str(partial), "--outtype", outtype]
+        logger.info("running %s", " ".join(command))
+        env = {k: v for k, v in os.environ.items() if k != "NO_LOCAL_GGUF"}  # the converter's own gguf-py
+        proc = subprocess.run(command, capture_output=True, text=True, env=env)
         # logged before the outcome is known, so that --debug shows it when the converter fails
         logger.debug("converter log:\n%s", (proc.stdout + proc.stderr)[-8000:])
         if proc.returncode != 0 or not partial.is_file():
@@ -224,7 +209,4 @@ def export_gguf(
                 reason=f"llama.cpp's converter failed (exit {proc.returncode}): {tail[0][:300]}",
                 hint="rerun with --debug to see its log",
             )
-        partial.replace(output)
-    finally:
-        partial.unlink(missing_ok=True)
     return output

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from bakesteer.options import AUTO
+from bakesteer.record import Record
 
 #: The options that shape the offsets or the output dtype. Validation, device and batch size do not.
 FINGERPRINT_OPTIONS = ("alpha", "layers", "chat_template", "dtype", "allow_remote_code")
@@ -53,13 +54,13 @@ def fingerprint_of(
     return hashlib.sha256(json.dumps(record, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
-def metadata_fingerprint(metadata: dict[str, Any]) -> str:
+def metadata_fingerprint(record: Record) -> str:
     """The fingerprint of a finished conversion, from its ``bakesteer.json`` record."""
-    calibration = metadata["calibration"]
+    calibration = record.calibration
     return fingerprint_of(
-        metadata["base_model"],
-        metadata["bakesteer_version"],
-        metadata["options"],
+        record.base_model,
+        record.version,
+        record.options,
         {role: calibration.get(role, {}).get("sha256") for role in ("positive", "negative")}
-        | {"eval": metadata.get("sweep", {}).get("eval_set", {}).get("sha256")},
+        | {"eval": (record.sweep or {}).get("eval_set", {}).get("sha256")},
     )

@@ -6,15 +6,15 @@ never printed, logged or written."""
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bakesteer.card import CARD_FILENAME, METADATA_FILENAME, REPO_PLACEHOLDER
-from bakesteer.errors import HubError, NotPushableError
+from bakesteer.card import REPO_PLACEHOLDER
+from bakesteer.errors import HubError, NotAnOutputError, NotPushableError
 from bakesteer.hubnet import ensure_timeout, network_cause, network_error, status_of
+from bakesteer.record import CARD_FILE, RECORD_FILE, Record, read_output
 from bakesteer.source import sha256_file
 
 logger = logging.getLogger(__name__)
@@ -48,7 +48,7 @@ def _same(local: Path | bytes, remote: Any) -> bool:
 
 def _for_repo(name: str, path: Path, repo_id: str) -> Path | bytes:
     """What is uploaded for a local file: the card gets its usage snippet pointed at ``repo_id``; the rest as is."""
-    if name != CARD_FILENAME:
+    if name != CARD_FILE:
         return path
     return path.read_bytes().replace(f'"{REPO_PLACEHOLDER}"'.encode(), f'"{repo_id}"'.encode())
 
@@ -110,31 +110,22 @@ def push(
             output (they are kept).
 
     Raises:
-        NotPushableError: not a bakesteer output, or not validated (without ``force``).
+        NotAnOutputError: not a bakesteer output.
+        NotPushableError: not validated, or a branch of foreign files (without ``force``).
         HubError: the Hub refused (401, 403, 404, 409, 412, ...) or the network failed.
     """
-    from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi
-    from huggingface_hub.hf_api import RepoFile
+    from huggingface_hub import HfApi
 
     ensure_timeout()
     directory = Path(directory)
-    meta_path = directory / METADATA_FILENAME
-    if not meta_path.is_file():
-        raise NotPushableError(
-            f"{directory.name} is not a bakesteer output (no bakesteer.json)",
-            hint="push a directory written by `bakesteer convert`",
-        )
-    meta = json.loads(meta_path.read_text())
-    if not meta.get("validation", {}).get("passed") and not force:
+    record = read_output(directory, vector=False).record
+    if not record.passed and not force:
         raise NotPushableError(
             f"{directory.name} did not pass validation", hint="reconvert it, or pass --force to push it anyway"
         )
     branch = revision or "main"
-    message = (
-        commit_message
-        or f"bakesteer {meta['bakesteer_version']}: k={meta['method']['k']:g}, layers "
-        f"{meta['method']['band']['start']}-{meta['method']['band']['end_exclusive'] - 1}"
-    )
+    start, end = record.band
+    message = commit_message or f"bakesteer {record.version}: k={record.k:g}, layers {start}-{end - 1}"
     local = {p.name: p for p in sorted(directory.iterdir()) if p.is_file()}
     api = HfApi(token=token)
     try:
@@ -144,31 +135,7 @@ def push(
         # the tree is read at a known head, and the commit names that head as its parent: if another writer moves
         # the branch in between, the Hub answers 412 instead of this push deleting or keeping the wrong files
         head = api.repo_info(repo_id, revision=branch).sha
-        remote = {
-            f.path: f for f in api.list_repo_tree(repo_id, revision=head, recursive=True) if isinstance(f, RepoFile)
-        }
-        ours = _written_by_bakesteer(api, repo_id, head, remote)
-        foreign = sorted(p for p in remote if p != ".gitattributes" and p not in (ours or set()))
-        if ours is None and foreign and not force:
-            raise NotPushableError(
-                f"{repo_id}@{branch} holds files bakesteer did not write (e.g. {foreign[0]}) "
-                f"and no {METADATA_FILENAME}",
-                hint="push to a new repository or --revision branch, or pass --force to add the output beside them "
-                "(nothing of theirs is deleted)",
-            )
-        result = PushResult(repo_id, branch, None)
-        operations: list[Any] = []
-        for name, path in local.items():
-            content = _for_repo(name, path, repo_id)
-            if name in remote and _same(content, remote[name]):
-                result.unchanged.append(name)
-            else:
-                source = content if isinstance(content, bytes) else str(content)
-                operations.append(CommitOperationAdd(path_in_repo=name, path_or_fileobj=source))
-                result.uploaded.append(name)
-        # only files an earlier bakesteer push wrote (its bakesteer.json lists them) and this output lacks
-        result.deleted = sorted(p for p in remote if p not in local and p in (ours or set()))
-        operations += [CommitOperationDelete(path_in_repo=p) for p in result.deleted]
+        result, operations = _plan_push(api, repo_id, branch, head, local, force=force)
         if not operations:
             logger.info("%s@%s is up to date: no commit", repo_id, branch)
             return result
@@ -185,19 +152,60 @@ def push(
         raise hub_error from None
 
 
+def _plan_push(
+    api: Any, repo_id: str, branch: str, head: str | None, local: dict[str, Path], *, force: bool
+) -> tuple[PushResult, list[Any]]:
+    """The commit's operations: each local file that differs from the branch's copy is added, and each file an
+    earlier bakesteer output listed that this one lacks is deleted.
+
+    Raises:
+        NotPushableError: the branch holds files bakesteer did not write and no bakesteer output (without ``force``).
+    """
+    from huggingface_hub import CommitOperationAdd, CommitOperationDelete
+    from huggingface_hub.hf_api import RepoFile
+
+    remote = {f.path: f for f in api.list_repo_tree(repo_id, revision=head, recursive=True) if isinstance(f, RepoFile)}
+    ours = _written_by_bakesteer(api, repo_id, head, remote)
+    foreign = sorted(p for p in remote if p != ".gitattributes" and p not in (ours or set()))
+    if ours is None and foreign and not force:
+        raise NotPushableError(
+            f"{repo_id}@{branch} holds files bakesteer did not write (e.g. {foreign[0]}) and no {RECORD_FILE}",
+            hint="push to a new repository or --revision branch, or pass --force to add the output beside them "
+            "(nothing of theirs is deleted)",
+        )
+    result = PushResult(repo_id, branch, None)
+    operations: list[Any] = []
+    for name, path in local.items():
+        content = _for_repo(name, path, repo_id)
+        if name in remote and _same(content, remote[name]):
+            result.unchanged.append(name)
+        else:
+            source = content if isinstance(content, bytes) else str(content)
+            operations.append(CommitOperationAdd(path_in_repo=name, path_or_fileobj=source))
+            result.uploaded.append(name)
+    # only files an earlier bakesteer push wrote (its bakesteer.json lists them) and this output lacks
+    result.deleted = sorted(p for p in remote if p not in local and p in (ours or set()))
+    operations += [CommitOperationDelete(path_in_repo=p) for p in result.deleted]
+    return result, operations
+
+
+def _remote_record(api: Any, repo_id: str, revision: str | None) -> Record | None:
+    """The ``bakesteer.json`` at ``repo_id@revision``, or ``None`` when it is not a readable record."""
+    path = api.hf_hub_download(repo_id, RECORD_FILE, revision=revision)
+    try:
+        return Record.from_json(Path(path).read_text(encoding="utf-8"), where=f"{repo_id}@{revision}")
+    except (OSError, UnicodeDecodeError, NotAnOutputError):
+        return None
+
+
 def _written_by_bakesteer(api: Any, repo_id: str, head: str | None, remote: dict[str, Any]) -> set[str] | None:
     """The files the output at ``head`` consists of, from its ``bakesteer.json`` (``files``); ``None`` when the
     branch holds no bakesteer output. An output written before the record existed claims no file (nothing is
     deleted for it)."""
-    if METADATA_FILENAME not in remote:
+    if RECORD_FILE not in remote:
         return None
-    path = api.hf_hub_download(repo_id, METADATA_FILENAME, revision=head)
-    try:
-        meta = json.loads(Path(path).read_text())
-    except (OSError, ValueError):
-        return set()
-    files = meta.get("files")
-    return {str(f) for f in files} if isinstance(files, list) else set()
+    record = _remote_record(api, repo_id, head)
+    return set() if record is None else record.files or set()
 
 
 @dataclass(frozen=True)
@@ -234,21 +242,19 @@ def published_state(repo_id: str, revision: str | None = None, *, token: str | N
         except RepositoryNotFoundError:
             return PublishedState(None, "new repository")
         names = {sibling.rfilename for sibling in info.siblings or []}
-        if METADATA_FILENAME not in names:
-            return PublishedState(None, f"no {METADATA_FILENAME} in the repository", info.sha)
-        path = api.hf_hub_download(repo_id, METADATA_FILENAME, revision=info.sha)
+        if RECORD_FILE not in names:
+            return PublishedState(None, f"no {RECORD_FILE} in the repository", info.sha)
+        record = _remote_record(api, repo_id, info.sha)
     except Exception as err:
         hub_error = _hub_error(repo_id, err, action="read")
         if hub_error is None:
             raise
         raise hub_error from None
-    try:
-        meta = json.loads(Path(path).read_text())
-    except (OSError, ValueError):
-        return PublishedState(None, f"unreadable {METADATA_FILENAME}", info.sha)
-    if not meta.get("validation", {}).get("passed"):
+    if record is None:
+        return PublishedState(None, f"unreadable {RECORD_FILE}", info.sha)
+    if not record.passed:
         return PublishedState(None, "the published output did not pass validation", info.sha)
-    return PublishedState(meta.get("fingerprint"), "published", info.sha)
+    return PublishedState(record.fingerprint, "published", info.sha)
 
 
 def check_online() -> None:

@@ -28,7 +28,7 @@ from bakesteer.architectures.readers import MODELS as READER_MODELS
 from bakesteer.architectures.readers import loads_in, oldest_transformers
 from bakesteer.bake import BiasPlan, bias_plan, output_config_text, write_remote_code
 from bakesteer.batching import pad_token_id
-from bakesteer.card import METADATA_FILENAME, source_license, write_card
+from bakesteer.card import source_license, write_card
 from bakesteer.configfiles import (
     CONFIG_FILE,
     GENERATION_CONFIG_FILE,
@@ -43,13 +43,14 @@ from bakesteer.loading import calibrate, interleave, load, prepare, vector_file
 from bakesteer.options import ConvertOptions, check_alpha_for_model
 from bakesteer.placement import free_memory
 from bakesteer.prompts import PromptSet, context_length, load_prompt_set, render_prompts
+from bakesteer.record import EVAL_FILE, RECORD_FILE, VECTOR_FILE, Record, atomic_path, write_json
 from bakesteer.source import (
     ModelSource,
     resolve_dtype,
 )
 from bakesteer.space import gguf_copy_bytes, named_disk_errors, output_bytes, require_space, spill_bytes
 from bakesteer.validation import ValidationReport, check_tokenizer, reference_outputs, validate_checkpoint
-from bakesteer.vector import VECTOR_FILENAME, SteeringVector
+from bakesteer.vector import SteeringVector
 from bakesteer.version import __version__
 from bakesteer.writer import (
     AtomicDirectory,
@@ -57,7 +58,6 @@ from bakesteer.writer import (
     check_output,
     normalise_modes,
     save_tokenizer,
-    write_json,
     write_weights,
 )
 
@@ -159,9 +159,8 @@ def compute_vector(model: str, output: Path, options: ConvertOptions | None = No
         free_memory()
     vector.info["source"] = source.describe()
     vector.info["bakesteer_version"] = __version__
-    partial = output.with_name(f".{output.name}.partial")
-    vector.save(partial)
-    partial.replace(output)
+    with atomic_path(output) as partial:
+        vector.save(partial)
     return vector
 
 
@@ -246,9 +245,9 @@ def convert(model: str, output: Path, options: ConvertOptions | None = None) -> 
     check_output(output.absolute(), overwrite=options.overwrite, source=model)
     with timer.stage("resolve"):
         source, config, spec, band = prepare(model, options)
-    from_file = vector_file(options, config)
-    positive = load_prompt_set(options.positive, "positive")
-    negative = load_prompt_set(options.negative, "negative")
+    job = _Job(options, timer, source, config, spec, band, vector_file(options, config))
+    job.positive = load_prompt_set(options.positive, "positive")
+    job.negative = load_prompt_set(options.negative, "negative")
     if options.push_to_hub and not options.force_push:
         with timer.stage("target"):
             state = _published(source, options)
@@ -260,143 +259,249 @@ def convert(model: str, output: Path, options: ConvertOptions | None = None) -> 
             return empty
 
     with (
-        named_disk_errors(output) as budget,
+        named_disk_errors(output) as job.budget,
         AtomicDirectory(output, overwrite=options.overwrite, source=model) as staging,
     ):
-        if source.gguf_file:
-            copy_dtype = resolve_dtype(options.dtype, source)
-            budget.needed = gguf_copy_bytes(source.directory / source.gguf_file, copy_dtype)
-            require_space(output, budget.needed)
-            with timer.stage("dequantize"):
-                source = materialize_gguf(source, copy_dtype, staging.scratch)
-                free_memory()
-        with timer.stage("load"):
-            loaded, tokenizer, dtype, placement = load(source, options, staging.scratch)
-        # the probes are tokenised before calibrating, so that the space they spill to is checked before the work
-        pad_id = pad_token_id(tokenizer)
-        probe_prompts = interleave(positive.heldout, negative.heldout, options.probes)
-        limit = context_length(loaded)
-        pos_ids, neg_ids = (
-            render_prompts(tokenizer, s.heldout, chat_template=options.chat_template, limit=limit, name=s.name)
-            for s in (positive, negative)
-        )
-        probes = interleave(pos_ids, neg_ids, options.probes)
-        vocab = int(loaded.get_output_embeddings().weight.shape[0])
-        budget.needed = output_bytes(source, spec, config, dtype, output) + spill_bytes(
-            probes, options.greedy_tokens, vocab
-        )
-        require_space(output, budget.needed)
-        if from_file is None:
-            with timer.stage("calibrate"):
-                vector = calibrate(loaded, tokenizer, spec, positive, negative, options)
-        else:
-            vector = from_file
-        auto: dict[str, Any] | None = None
-        if options.auto:
-            with timer.stage("sweep"):
-                k, auto = _choose_alpha(loaded, tokenizer, spec, vector, band, positive, negative, options)
-                check_alpha_for_model(k, vector.d_model)
-        else:
-            k = float(options.alpha)
-        offsets = vector.offsets(band, k)
-        plan = bias_plan(loaded, spec, offsets, dtype)
-        config_text = output_config_text(source.directory / CONFIG_FILE, loaded.config, spec, plan, dtype)
-
-        io = {"batch_size": options.batch_size, "pad_id": pad_id, "greedy_tokens": options.greedy_tokens}
-        with timer.stage("reference"):
-            reference = reference_outputs(loaded, spec, offsets, probes, folder=staging.scratch, **io)
-        generation_config = loaded.generation_config
-        del loaded  # the source model is gone before the written checkpoint is loaded: one model at a time
-        free_memory()
-
-        with timer.stage("write"):
-            written = write_weights(source.directory, source.weight_files, source.index_file, plan, staging.path, dtype)
-            (staging.path / CONFIG_FILE).write_text(config_text, encoding="utf-8")
-            if spec.remote is not None:
-                write_remote_code(staging.path, spec, __version__)
-            copied = copy_small_files(source.directory, staging.path)
-            if GENERATION_CONFIG_FILE not in copied:  # the source has none: what transformers derives from config
-                generation_config.save_pretrained(staging.path)
-            if not any(is_tokenizer_file(name) for name in copied):
-                save_tokenizer(tokenizer, staging.path)
-            tokenizer_class = tokenizer_class_for_4(staging.path)  # a class only transformers 5 has is renamed
-        with timer.stage("validate"):
-            check_tokenizer(staging.path, tokenizer, probe_prompts, chat_template=options.chat_template)
-            report = validate_checkpoint(
-                staging.path,
-                reference,
-                expected_keys=plan.keys(),
-                config_updates=plan.config_updates,
-                trust_remote_code=spec.remote is not None,
-                alpha=k,
-                placement=placement,
-                **io,
-            )
-        reference.close()
-        gc.collect()
-        vector.save(staging.path / VECTOR_FILENAME, band=band, alpha=k)
-        offset_norms = {layer: float(offsets[layer].norm()) for layer in range(*band)}
-        metadata = _metadata(source, spec, vector, options, k, band, plan, offsets, written, dtype, report)
-        metadata["output"]["tokenizer_class"] = tokenizer_class
-        if auto is not None:
-            metadata["sweep"] = auto  # write_card draws its plot
-        if options.eval:
-            from bakesteer.evaluate import EVAL_FILE, evaluate_pair
-
-            with timer.stage("evaluate"):
-                evaluation = evaluate_pair(
-                    staging.path,
-                    source,
-                    vector=vector,
-                    band=band,
-                    positive=positive,
-                    negative=negative,
-                    dtype=dtype,
-                    placement=placement,
-                    trust_remote_code=spec.remote is not None,
-                    options=options,
-                    alpha=k,
-                )
-            metadata["evaluation"] = evaluation.summary()
-            write_json(staging.path / EVAL_FILE, evaluation.to_dict())
-        metadata["fingerprint"] = metadata_fingerprint(metadata)
-        write_card(staging.path, metadata, license_=source_license(source.directory))
-        # what a push may later delete: the files this output consists of, and nothing a repo owner added
-        metadata["files"] = sorted({p.name for p in staging.path.iterdir() if p.is_file()} | {METADATA_FILENAME})
-        write_json(staging.path / METADATA_FILENAME, metadata)
-        normalise_modes(staging.path)
+        job.staging = staging
+        _load_source(job, output)
+        _plan_offsets(job)
+        _write_checkpoint(job)
+        _validate(job)
+        _write_record(job)
         final = staging.commit()
     result = ConvertResult(
         output=final,
         band=band,
-        alpha=k,
-        offset_norms=offset_norms,
-        validation=report,
-        metadata=metadata,
+        alpha=job.k,
+        offset_norms={layer: float(job.offsets[layer].norm()) for layer in range(*band)},
+        validation=job.report,
+        metadata=job.metadata,
         seconds=time.perf_counter() - started,
         timings=dict(timer.stages),
     )
     if options.push_to_hub:
-        from bakesteer.hub import push
-
-        # the output is already in place: a failed push leaves it there and raises a HubError
-        logger.info("push...")
-        try:
-            result.push = push(
-                final,
-                options.push_to_hub,
-                private=options.private,
-                revision=options.push_branch,
-                commit_message=options.commit_message,
-            )
-        except KeyboardInterrupt as err:
-            interrupted_state(
-                err,
-                f"the output in {final} is complete and validated, but the push to {options.push_to_hub} did not "
-                f"finish (a Hub commit is all or nothing); `bakesteer push {final} {options.push_to_hub}` completes it",
-            )
-            raise
+        result.push = _push_output(final, options)
     return result
+
+
+@dataclass
+class _Job:
+    """One conversion's state, filled in stage by stage (load, plan, write, validate, record)."""
+
+    options: ConvertOptions
+    timer: _Timer
+    source: ModelSource
+    config: Any
+    spec: ArchitectureSpec
+    band: tuple[int, int]
+    from_file: SteeringVector | None
+    positive: Any = None
+    negative: Any = None
+    budget: Any = None
+    staging: Any = None
+    model: Any = None
+    tokenizer: Any = None
+    dtype: Any = None
+    placement: Any = None
+    pad_id: int = 0
+    probe_prompts: list[str] = field(default_factory=list)
+    probes: list[list[int]] = field(default_factory=list)
+    vector: Any = None
+    auto: dict[str, Any] | None = None
+    k: float = math.nan
+    offsets: Any = None
+    plan: Any = None
+    config_text: str = ""
+    reference: Any = None
+    generation_config: Any = None
+    written: list[str] = field(default_factory=list)
+    tokenizer_class: str | None = None
+    report: ValidationReport | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def io(self) -> dict[str, Any]:
+        """The batching and decoding settings reference and validation share."""
+        return {
+            "batch_size": self.options.batch_size,
+            "pad_id": self.pad_id,
+            "greedy_tokens": self.options.greedy_tokens,
+        }
+
+
+def _load_source(job: _Job, output: Path) -> None:
+    """Dequantize a GGUF source, load the model, tokenise the probes and check the space the output needs."""
+    options, staging, budget = job.options, job.staging, job.budget
+    if job.source.gguf_file:
+        copy_dtype = resolve_dtype(options.dtype, job.source)
+        budget.needed = gguf_copy_bytes(job.source.directory / job.source.gguf_file, copy_dtype)
+        require_space(output, budget.needed)
+        with job.timer.stage("dequantize"):
+            job.source = materialize_gguf(job.source, copy_dtype, staging.scratch)
+            free_memory()
+    with job.timer.stage("load"):
+        job.model, job.tokenizer, job.dtype, job.placement = load(job.source, options, staging.scratch)
+    # the probes are tokenised before calibrating, so that the space they spill to is checked before the work
+    job.pad_id = pad_token_id(job.tokenizer)
+    positive, negative = job.positive, job.negative
+    job.probe_prompts = interleave(positive.heldout, negative.heldout, options.probes)
+    limit = context_length(job.model)
+    pos_ids, neg_ids = (
+        render_prompts(job.tokenizer, s.heldout, chat_template=options.chat_template, limit=limit, name=s.name)
+        for s in (positive, negative)
+    )
+    job.probes = interleave(pos_ids, neg_ids, options.probes)
+    vocab = int(job.model.get_output_embeddings().weight.shape[0])
+    budget.needed = output_bytes(job.source, job.spec, job.config, job.dtype, output) + spill_bytes(
+        job.probes, options.greedy_tokens, vocab
+    )
+    require_space(output, budget.needed)
+
+
+def _plan_offsets(job: _Job) -> None:
+    """Calibrate (or reuse the vector), choose k, plan the biases and record the reference outputs; then free the
+    source model, so that only one model is in memory at a time."""
+    options = job.options
+    if job.from_file is None:
+        with job.timer.stage("calibrate"):
+            job.vector = calibrate(job.model, job.tokenizer, job.spec, job.positive, job.negative, options)
+    else:
+        job.vector = job.from_file
+    if options.auto:
+        with job.timer.stage("sweep"):
+            job.k, job.auto = _choose_alpha(
+                job.model, job.tokenizer, job.spec, job.vector, job.band, job.positive, job.negative, options
+            )
+            check_alpha_for_model(job.k, job.vector.d_model)
+    else:
+        job.k = float(options.alpha)
+    job.offsets = job.vector.offsets(job.band, job.k)
+    job.plan = bias_plan(job.model, job.spec, job.offsets, job.dtype)
+    job.config_text = output_config_text(
+        job.source.directory / CONFIG_FILE, job.model.config, job.spec, job.plan, job.dtype
+    )
+    with job.timer.stage("reference"):
+        job.reference = reference_outputs(
+            job.model, job.spec, job.offsets, job.probes, folder=job.staging.scratch, **job.io
+        )
+    job.generation_config = job.model.generation_config
+    job.model = None  # the source model is gone before the written checkpoint is loaded
+    free_memory()
+
+
+def _write_checkpoint(job: _Job) -> None:
+    """The weights (base shards linked, biased shards rewritten), the config, and the small files."""
+    path, source = job.staging.path, job.source
+    with job.timer.stage("write"):
+        job.written = write_weights(source.directory, source.weight_files, source.index_file, job.plan, path, job.dtype)
+        (path / CONFIG_FILE).write_text(job.config_text, encoding="utf-8")
+        if job.spec.remote is not None:
+            write_remote_code(path, job.spec, __version__)
+        copied = copy_small_files(source.directory, path)
+        if GENERATION_CONFIG_FILE not in copied:  # the source has none: what transformers derives from config
+            job.generation_config.save_pretrained(path)
+        if not any(is_tokenizer_file(name) for name in copied):
+            save_tokenizer(job.tokenizer, path)
+        job.tokenizer_class = tokenizer_class_for_4(path)  # a class only transformers 5 has is renamed
+
+
+def _validate(job: _Job) -> None:
+    """Reload the written checkpoint with plain transformers and compare it with the hooked source.
+
+    Raises:
+        ValidationError: see :func:`~bakesteer.validation.validate_checkpoint`.
+    """
+    options = job.options
+    with job.timer.stage("validate"):
+        check_tokenizer(job.staging.path, job.tokenizer, job.probe_prompts, chat_template=options.chat_template)
+        job.report = validate_checkpoint(
+            job.staging.path,
+            job.reference,
+            expected_keys=job.plan.keys(),
+            config_updates=job.plan.config_updates,
+            trust_remote_code=job.spec.remote is not None,
+            alpha=job.k,
+            placement=job.placement,
+            **job.io,
+        )
+    job.reference.close()
+    gc.collect()
+
+
+def _write_record(job: _Job) -> None:
+    """The vector, ``--eval``'s measurement, the card and ``bakesteer.json`` (last: it lists every file)."""
+    options, path = job.options, job.staging.path
+    job.vector.save(path / VECTOR_FILE, band=job.band, alpha=job.k)
+    assert job.report is not None
+    metadata = _metadata(
+        job.source,
+        job.spec,
+        job.vector,
+        options,
+        job.k,
+        job.band,
+        job.plan,
+        job.offsets,
+        job.written,
+        job.dtype,
+        job.report,
+    )
+    metadata["output"]["tokenizer_class"] = job.tokenizer_class
+    if job.auto is not None:
+        metadata["sweep"] = job.auto  # write_card draws its plot
+    if options.eval:
+        from bakesteer.evaluate import evaluate_pair
+
+        with job.timer.stage("evaluate"):
+            evaluation = evaluate_pair(
+                path,
+                job.source,
+                vector=job.vector,
+                band=job.band,
+                positive=job.positive,
+                negative=job.negative,
+                dtype=job.dtype,
+                placement=job.placement,
+                trust_remote_code=job.spec.remote is not None,
+                options=options,
+                alpha=job.k,
+            )
+        metadata["evaluation"] = evaluation.summary()
+        write_json(path / EVAL_FILE, evaluation.to_dict())
+    metadata["fingerprint"] = metadata_fingerprint(Record(metadata))
+    write_card(path, Record(metadata), license_=source_license(job.source.directory))
+    # what a push may later delete: the files this output consists of, and nothing a repo owner added
+    metadata["files"] = sorted({p.name for p in path.iterdir() if p.is_file()} | {RECORD_FILE})
+    write_json(path / RECORD_FILE, metadata)
+    normalise_modes(path)
+    job.metadata = metadata
+
+
+def _push_output(final: Path, options: ConvertOptions) -> Any:
+    """``--push-to-hub``: push the validated output. It is already in place, so a failed push leaves it there.
+
+    Raises:
+        HubError: the push failed.
+    """
+    from bakesteer.hub import push
+
+    assert options.push_to_hub is not None
+    logger.info("push...")
+    try:
+        return push(
+            final,
+            options.push_to_hub,
+            private=options.private,
+            revision=options.push_branch,
+            commit_message=options.commit_message,
+        )
+    except KeyboardInterrupt as err:
+        interrupted_state(
+            err,
+            f"the output in {final} is complete and validated, but the push to {options.push_to_hub} did not "
+            f"finish (a Hub commit is all or nothing); `bakesteer push {final} {options.push_to_hub}` completes it",
+        )
+        raise
 
 
 def _metadata(

@@ -12,17 +12,8 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-#: Sweep panels: (metric key, title, logarithmic y axis).
-METRIC_PANELS: tuple[tuple[str, str, bool], ...] = (
-    ("kl", "first-token KL vs base (nats)", False),
-    ("perplexity", "perplexity of the reference text", True),
-    ("fluency", "fluency: base perplexity of completions", True),
-    ("repetition", "repeated 4-grams (share)", False),
-    ("concept", "concept score (0 neg, 1 pos)", False),
-    ("refusal_rate.positive", "refusal rate, positive prompts", False),
-    ("refusal_rate.negative", "refusal rate, negative prompts", False),
-    ("refusal_score", "refusal log-odds", False),
-)
+from bakesteer.metric_table import METRICS, Metric
+
 _BAND_COLOUR = "#ffe4c4"
 
 
@@ -74,19 +65,11 @@ def plot_layers(mu: Sequence[float], auroc: Sequence[float | None], band: tuple[
     return _png(figure)
 
 
-def metric_value(metrics: dict[str, Any], key: str) -> float:
-    """``metrics[key]`` where ``key`` may be dotted (``refusal_rate.positive``); NaN when absent or None."""
-    value: Any = metrics
-    for part in key.split("."):
-        value = value.get(part) if isinstance(value, dict) else None
-    return math.nan if value is None else float(value)
-
-
 def plot_sweep(
     runs: Sequence[dict[str, Any]],
     *,
     chosen: float | None = None,
-    panels: Sequence[tuple[str, str, bool]] = METRIC_PANELS,
+    panels: Sequence[Metric] = METRICS,
 ) -> bytes:
     """Each metric against ``k``, one line per steering mode; a dotted line at ``chosen`` when given.
 
@@ -98,16 +81,16 @@ def plot_sweep(
     rows = math.ceil(len(panels) / columns)
     figure = _figure(3.2 * columns, 2.6 * rows)
     grid = figure.subplots(rows, columns, squeeze=False)
-    for i, (key, title, log) in enumerate(panels):
+    for i, panel in enumerate(panels):
         axes = grid[i // columns][i % columns]
         for mode in modes:
-            points = sorted((run["alpha"], metric_value(run["metrics"], key)) for run in runs if run["mode"] == mode)
+            points = sorted((run["alpha"], panel.value(run["metrics"])) for run in runs if run["mode"] == mode)
             axes.plot([p[0] for p in points], [p[1] for p in points], marker="o", markersize=3, label=mode)
-        if log:
+        if panel.log:
             axes.set_yscale("log")
         if chosen is not None:
             axes.axvline(chosen, color="black", linestyle=":", linewidth=1, label=f"chosen k = {chosen:g}")
-        axes.set_title(title, fontsize="small")
+        axes.set_title(panel.title, fontsize="small")
         axes.set_xlabel("k")
         axes.tick_params(labelsize="small")
     for j in range(len(panels), rows * columns):

@@ -28,7 +28,6 @@ The variants file (TOML or YAML)::
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 import tempfile
@@ -41,6 +40,7 @@ from typing import Any
 
 from bakesteer.errors import BakesteerError, HubError
 from bakesteer.fingerprint import fingerprint_of
+from bakesteer.record import VECTOR_FILE, Record, write_json
 from bakesteer.variants import Variant, load_variants
 from bakesteer.version import __version__
 
@@ -116,9 +116,7 @@ class PublishReport:
     def write(self, path: Path) -> None:
         """Write the JSON report (through a temporary file, so a reader never sees half of it)."""
         path = Path(path)
-        partial = path.with_name(f".{path.name}.partial")
-        partial.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
-        partial.replace(path)
+        write_json(path, self.to_dict(), sort_keys=False)
 
 
 # --------------------------------------------------------------------------- publishing
@@ -218,10 +216,7 @@ def publish(
         HubError: ``HF_HUB_OFFLINE`` is set, or the token is missing or invalid (checked once, before anything is
             converted).
     """
-    from bakesteer.hub import check_online, check_token, published_state
-    from bakesteer.pipeline import compute_vector
-    from bakesteer.prompts import prompt_hashes
-    from bakesteer.source import source_identity
+    from bakesteer.hub import check_online, check_token
 
     variants = load_variants(Path(variants_file))
     if group is not None:
@@ -236,10 +231,46 @@ def publish(
         if on_outcome is not None:
             on_outcome(outcome)
 
-    # 1. identities and fingerprints: one metadata call or hash per source, one read of each target
+    pending = plan_variants(variants, token=token, record=record, dry_run=dry_run)
+    if pending:
+        report.calibrations = _execute(pending, work_dir, keep_outputs, token, record)
+    # keep the file's order in the report
+    order = {id(v): i for i, v in enumerate(variants)}
+    report.outcomes.sort(key=lambda o: order[id(o.variant)])
+    return report
+
+
+def _failed(outcome: VariantOutcome, err: BaseException, started: float) -> VariantOutcome:
+    """The one place a variant is marked failed: its status, the error's one line and the seconds it took."""
+    outcome.status, outcome.error = "failed", _failure(err)
+    outcome.seconds = time.perf_counter() - started
+    return outcome
+
+
+def plan_variants(
+    variants: list[Variant],
+    *,
+    token: str | None,
+    record: Callable[[VariantOutcome], None],
+    dry_run: bool = False,
+) -> list[VariantOutcome]:
+    """Plan: resolve each source and prompt set once, fingerprint each variant, read each target.
+
+    Variants that are up to date or failed (and, in a dry run, those that would publish) are handed to ``record``.
+
+    Returns:
+        The variants to convert and push ("would-publish"), in file order (none in a dry run).
+
+    Raises:
+        HubError: the network failed (it concerns every variant alike, so nothing is converted).
+    """
+    from bakesteer.hub import published_state
+    from bakesteer.prompts import prompt_hashes
+    from bakesteer.source import source_identity
+
     sources: dict[tuple[str, str | None], dict[str, Any] | BaseException] = {}
     prompt_sha: dict[tuple[Path | None, ...], dict[str, str] | BaseException] = {}
-    pending: list[VariantOutcome] = []  # "would-publish" until converted and pushed
+    pending: list[VariantOutcome] = []
     for variant in variants:
         started = time.perf_counter()
         key = (variant.model, variant.options.revision)
@@ -257,54 +288,68 @@ def publish(
                 prompt_sha[pkey] = err
         source, hashes = sources[key], prompt_sha[pkey]
         if isinstance(source, BaseException):
-            record(VariantOutcome(variant, "failed", "resolving the source", error=_failure(source)))
+            record(_failed(VariantOutcome(variant, "failed", "resolving the source"), source, started))
             continue
         if isinstance(hashes, BaseException):
-            record(VariantOutcome(variant, "failed", "reading the prompt sets", error=_failure(hashes)))
+            record(_failed(VariantOutcome(variant, "failed", "reading the prompt sets"), hashes, started))
             continue
         planned = _planned_fingerprint(variant, source, hashes)
+        outcome = VariantOutcome(variant, "would-publish", "", planned, source)
         try:
             state = published_state(variant.repo_id, variant.branch, token=token)
         except Exception as err:
             _raise_if_unreachable(err)
-            record(VariantOutcome(variant, "failed", "reading the target", planned, source, error=_failure(err)))
+            outcome.reason = "reading the target"
+            record(_failed(outcome, err, started))
             continue
         if state.fingerprint == planned:
-            seconds = time.perf_counter() - started
-            record(
-                VariantOutcome(variant, "up-to-date", "same fingerprint", planned, source, state.head, seconds=seconds)
-            )
-            continue
-        reason = "fingerprint changed" if state.fingerprint else state.reason
-        outcome = VariantOutcome(variant, "would-publish", reason, planned, source)
-        if dry_run:
+            outcome.status, outcome.reason, outcome.commit = "up-to-date", "same fingerprint", state.head
+            outcome.seconds = time.perf_counter() - started
             record(outcome)
             continue
-        pending.append(outcome)
+        outcome.reason = "fingerprint changed" if state.fingerprint else state.reason
+        if dry_run:
+            record(outcome)
+        else:
+            pending.append(outcome)
+    return pending
 
-    # 2. one calibration per model and prompt set, then convert + push each pending variant
+
+def _execute(
+    pending: list[VariantOutcome],
+    work_dir: Path | None,
+    keep_outputs: Path | None,
+    token: str | None,
+    record: Callable[[VariantOutcome], None],
+) -> int:
+    """Execute: one calibration per model and prompt set, then convert and push each of its variants.
+
+    Returns:
+        The number of calibrations run.
+    """
+    from bakesteer.pipeline import compute_vector
+
     groups: dict[int, list[VariantOutcome]] = {}
     for outcome in pending:
         groups.setdefault(outcome.variant.group, []).append(outcome)
     scratch_root = Path(work_dir) if work_dir is not None else None
     if scratch_root is not None:
         scratch_root.mkdir(parents=True, exist_ok=True)
+    calibrations = 0
     for items in groups.values():
         first, source = items[0].variant, items[0].source or {}
         # the exact commit that was fingerprinted, even if the branch moves while this runs
         revision = source["revision"] if source.get("kind") == "hub" else None
         with tempfile.TemporaryDirectory(prefix="bakesteer-publish-", dir=scratch_root) as scratch:
-            vector_path = Path(scratch) / "steering.safetensors"
+            vector_path = Path(scratch) / VECTOR_FILE
             started = time.perf_counter()
             try:
                 compute_vector(first.model, vector_path, first.options.replace(revision=revision))
-                report.calibrations += 1
+                calibrations += 1
             except Exception as err:
                 logger.debug("calibration of %s failed", first.model, exc_info=True)
                 for outcome in items:
-                    outcome.status, outcome.error = "failed", _failure(err)
-                    outcome.seconds = time.perf_counter() - started
-                    record(outcome)
+                    record(_failed(outcome, err, started))
                 continue
             for outcome in items:
                 name = outcome.variant.output_name
@@ -313,10 +358,7 @@ def publish(
                 if keep_outputs is None:
                     shutil.rmtree(output, ignore_errors=True)  # disk for the next variant
                 record(outcome)
-    # keep the file's order in the report
-    order = {id(v): i for i, v in enumerate(variants)}
-    report.outcomes.sort(key=lambda o: order[id(o.variant)])
-    return report
+    return calibrations
 
 
 def _convert_and_push(
@@ -337,9 +379,10 @@ def _convert_and_push(
             "relative_diff": result.validation.relative_diff,
             "dtype": result.validation.dtype,
         }
-        if result.metadata["fingerprint"] != outcome.fingerprint:  # both come from the same record: a bug
+        fingerprint = Record(result.metadata).fingerprint
+        if fingerprint != outcome.fingerprint:  # both come from the same record: a bug
             logger.warning("%s: fingerprint differs from the planned one", variant.target)
-            outcome.fingerprint = result.metadata["fingerprint"]
+            outcome.fingerprint = fingerprint
         pushed = push(
             result.output,
             variant.repo_id,
@@ -352,5 +395,6 @@ def _convert_and_push(
         outcome.status = "published" if pushed.commit else "unchanged"
     except Exception as err:
         logger.debug("%s failed", variant.target, exc_info=True)
-        outcome.status, outcome.error = "failed", _failure(err)
+        _failed(outcome, err, started)
+        return
     outcome.seconds = time.perf_counter() - started

@@ -23,7 +23,6 @@ from typing import Any
 import torch
 
 from bakesteer.architectures import ArchitectureSpec
-from bakesteer.card import SWEEP_PLOT
 from bakesteer.errors import EvaluationError, OptionError
 from bakesteer.hooks import STEERING_MODES, steering
 from bakesteer.measure import (
@@ -39,9 +38,11 @@ from bakesteer.measure import (
     run_outputs,
     run_samples,
 )
+from bakesteer.metric_table import METRICS
 from bakesteer.options import ConvertOptions
 from bakesteer.progress import bar
 from bakesteer.prompts import PromptSet, load_prompt_set, reference_text
+from bakesteer.record import SWEEP_PLOT
 from bakesteer.vector import SteeringVector
 from bakesteer.version import __version__
 
@@ -58,18 +59,7 @@ AUTO_MAX_REPETITION_INCREASE = 0.1
 SWEEP_FILE = "sweep.json"
 SWEEP_CSV = "sweep.csv"
 LAYERS_PLOT = "layers.png"
-CSV_COLUMNS = (
-    "alpha",
-    "mode",
-    "kl",
-    "perplexity",
-    "fluency",
-    "repetition",
-    "concept",
-    "refusal_rate_positive",
-    "refusal_rate_negative",
-    "refusal_score",
-)
+CSV_COLUMNS = ("alpha", "mode", *(m.column for m in METRICS))
 
 
 @dataclass
@@ -146,21 +136,7 @@ class SweepResult:
         writer = csv.writer(buffer, lineterminator="\n")
         writer.writerow(CSV_COLUMNS)
         for run in self.runs:
-            m = run.metrics
-            writer.writerow(
-                [
-                    run.alpha,
-                    run.mode,
-                    m["kl"],
-                    m["perplexity"],
-                    m["fluency"],
-                    m["repetition"],
-                    m["concept"],
-                    m["refusal_rate"]["positive"],
-                    m["refusal_rate"]["negative"],
-                    m["refusal_score"],
-                ]
-            )
+            writer.writerow([run.alpha, run.mode, *(m.raw(run.metrics) for m in METRICS)])
         return buffer.getvalue()
 
     def write(self, directory: Path, *, chosen: float | None = None) -> None:

@@ -634,35 +634,63 @@ def validate_checkpoint(
         missing_keys=missing,
         unexpected_keys=unexpected,
     )
+    problems = {"keys": (missing, unexpected, mismatched), "config": config_problems, "readers": reader_problems}
+    _judge(report, problems, absent=absent, alpha=alpha, float32=reference.floor is None)
+    report.passed = True
+    logger.info("validation passed: relative diff %.3g <= %.3g (%s)", report.relative_diff, tolerance, basis)
+    return report
+
+
+def _judge(
+    report: ValidationReport, problems: dict[str, Any], *, absent: list[str], alpha: float, float32: bool
+) -> None:
+    """Raise the first failed check of a reload, with the numbers it compared.
+
+    Raises:
+        ValidationError: see :func:`validate_checkpoint`.
+    """
     data = report.to_dict()
+    missing, unexpected, mismatched = problems["keys"]
+    tolerance = report.tolerance
     if missing or unexpected or mismatched:
         raise ValidationError(
             "keys",
             f"plain reload reported missing {missing[:3]}, unexpected {unexpected[:3]}, mismatched {mismatched[:3]}",
+            measured=len(missing) + len(unexpected) + len(mismatched),
+            bound=0,
             report=data,
         )
-    if config_problems:
-        raise ValidationError("config", "config did not round-trip: " + ", ".join(config_problems), report=data)
-    if reader_problems:
+    if problems["config"]:
+        raise ValidationError("config", "config did not round-trip: " + ", ".join(problems["config"]), report=data)
+    if problems["readers"]:
         raise ValidationError(
             "readers",
-            "transformers 4 would read config.json as another model: " + "; ".join(reader_problems),
+            "transformers 4 would read config.json as another model: " + "; ".join(problems["readers"]),
             report=data,
         )
     if absent:
         raise ValidationError(
-            "bias", f"{len(absent)} baked bias(es) absent after reload, e.g. {absent[0]}", report=data
+            "bias",
+            f"{len(absent)} baked bias(es) absent after reload, e.g. {absent[0]}",
+            measured=len(absent),
+            bound=0,
+            report=data,
         )
     if not math.isfinite(report.relative_diff) or report.relative_diff > tolerance:
         raise ValidationError(
             "logits",
             f"max|logit diff| is {report.relative_diff:.3g} of max|logit|, "
-            f"above the tolerance {tolerance:.3g} ({basis})",
+            f"above the tolerance {tolerance:.3g} ({report.tolerance_basis})",
+            measured=report.relative_diff,
+            bound=tolerance,
             report=data,
         )
-    if reference.floor is None and not report.greedy_equal:
+    if float32 and not report.greedy_equal:
         raise ValidationError(
-            "greedy", f"float32 greedy continuation differs at step {report.greedy_first_mismatch}", report=data
+            "greedy",
+            f"float32 greedy continuation differs at step {report.greedy_first_mismatch}",
+            measured=report.greedy_first_mismatch,
+            report=data,
         )
     if alpha != 0 and report.base_relative_diff <= tolerance:
         effect = report.hooked_vs_base_relative_diff
@@ -671,8 +699,7 @@ def validate_checkpoint(
             f"the baked model equals the base (diff {report.base_relative_diff:.3g}, tolerance {tolerance:.3g}; the "
             f"hooked model differs from the base by {effect:.3g})"
             + ("; the steering is too weak to verify, use a larger --alpha" if effect <= tolerance else ""),
+            measured=report.base_relative_diff,
+            bound=tolerance,
             report=data,
         )
-    report.passed = True
-    logger.info("validation passed: relative diff %.3g <= %.3g (%s)", report.relative_diff, tolerance, basis)
-    return report

@@ -15,7 +15,6 @@ from safetensors.torch import save
 from bakesteer.errors import DirectionError, VectorFileError
 
 FORMAT = "bakesteer.vector/1"
-VECTOR_FILENAME = "steering.safetensors"
 
 
 def write_safetensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:

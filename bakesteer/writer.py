@@ -411,11 +411,6 @@ def save_state_dict(
     return names, INDEX_FILE
 
 
-def write_json(path: Path, data: dict[str, Any]) -> None:
-    """Write ``data`` as indented, key-sorted JSON with a trailing newline."""
-    path.write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
-
-
 #: Keys transformers copies from how a tokenizer was *loaded* into the ``tokenizer_config.json`` it saves:
 #: ``local_files_only`` follows ``HF_HUB_OFFLINE``, so the same conversion would otherwise differ between shells.
 LOAD_ONLY_TOKENIZER_KEYS = ("local_files_only",)

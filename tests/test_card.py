@@ -9,6 +9,7 @@ import pytest
 
 from bakesteer import ConvertOptions, convert
 from bakesteer.card import command_line
+from bakesteer.record import Record
 from bakesteer.fingerprint import metadata_fingerprint as fingerprint
 from bakesteer.plots import plot_mu
 
@@ -66,12 +67,12 @@ def test_nothing_local_in_card_or_metadata(converted, llama_dir: Path) -> None:
 
 def test_fingerprint_tracks_what_changes_the_weights(converted) -> None:
     meta = converted.metadata
-    assert meta["fingerprint"] == fingerprint(meta)
+    assert meta["fingerprint"] == fingerprint(Record(meta))
     changed = {**meta, "options": {**meta["options"], "alpha": 2.0}}
-    assert fingerprint(changed) != meta["fingerprint"]
+    assert fingerprint(Record(changed)) != meta["fingerprint"]
     same = {**meta, "options": {**meta["options"], "batch_size": 99, "device": "cuda"}}
-    assert fingerprint(same) == meta["fingerprint"]
-    assert command_line(meta).startswith("bakesteer convert llama ")
+    assert fingerprint(Record(same)) == meta["fingerprint"]
+    assert command_line(Record(meta)).startswith("bakesteer convert llama ")
 
 
 def test_plot_is_a_valid_png(converted) -> None:

@@ -76,3 +76,31 @@ def test_the_dtype_names_the_cli_offers_are_the_table_s() -> None:
     from bakesteer.options import DTYPES as OPTION_DTYPES
 
     assert OPTION_DTYPES == ("auto", *DTYPES)
+
+
+#: The longest function the package may hold (issue 16): one that grows past it is split into named stages.
+MAX_FUNCTION_LINES = 80
+
+
+def long_functions(limit: int = MAX_FUNCTION_LINES) -> list[str]:
+    """``module.function (N lines)`` for every function or method in bakesteer/ longer than ``limit`` lines
+    (decorators and docstring included)."""
+    found = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                start = min([node.lineno, *(d.lineno for d in node.decorator_list)])
+                lines = (node.end_lineno or node.lineno) - start + 1
+                if lines > limit:
+                    found.append(f"{path.relative_to(PACKAGE.parent)}:{node.name} ({lines} lines)")
+    return found
+
+
+def test_no_function_is_longer_than_80_lines() -> None:
+    assert long_functions() == []
+
+
+def test_the_length_check_finds_a_long_function() -> None:
+    # the same measure on a limit every module exceeds: it reads the real package and counts real lines
+    found = long_functions(limit=5)
+    assert any(entry.startswith("bakesteer/pipeline.py:convert (") for entry in found)

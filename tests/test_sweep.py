@@ -242,7 +242,7 @@ def test_eval_refuses_what_it_cannot_measure(llama_dir: Path, options: ConvertOp
         return result.exit_code, result.stderr
 
     code, err = run(str(llama_dir))
-    assert code == 2 and "llama: not a bakesteer output (no bakesteer.json" in err
+    assert code == 2 and "llama is not a bakesteer output (no bakesteer.json)" in err
     code, err = run(str(out))
     assert code == 2 and "converted from a local directory (llama) whose path is not recorded; pass that model " in err
     code, err = run(str(out), "--base", str(llama_dir))
@@ -335,7 +335,8 @@ def test_convert_alpha_auto_and_eval(llama_dir: Path, options: ConvertOptions, t
     assert (result.output / "sweep.png").is_file()
     # the fingerprint covers the sweep: another eval set or generation length gives another fingerprint
     from bakesteer.fingerprint import metadata_fingerprint
+    from bakesteer.record import Record
 
-    assert metadata_fingerprint(meta) == meta["fingerprint"]
+    assert metadata_fingerprint(Record(meta)) == meta["fingerprint"]
     changed = {**meta, "options": {**meta["options"], "max_new_tokens": 9}}
-    assert metadata_fingerprint(changed) != meta["fingerprint"]
+    assert metadata_fingerprint(Record(changed)) != meta["fingerprint"]
