@@ -1,11 +1,15 @@
-"""The command line: parse, call the library, and map errors to one line in one place.
+"""The command line: parse, call the library, print what :mod:`bakesteer.display` formats.
 
-Heavy imports (torch, transformers) happen inside the commands so ``bakesteer --help`` is instant.
+Every command is declared with :func:`command`, which adds ``--quiet``/``--debug``, sets up logging, builds the
+:class:`~bakesteer.options.ConvertOptions` from the flags, and runs the whole body inside the one error boundary
+(:func:`_run`): a report the body writes is written inside it too. Heavy imports (torch, transformers) happen
+inside the commands so ``bakesteer --help`` is instant.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import os
@@ -18,6 +22,7 @@ from typing import Any
 
 import click
 
+from bakesteer import display
 from bakesteer.errors import INTERRUPTED_STATE, BakesteerError
 from bakesteer.options import AUTO, GGUF_OUTTYPES, ConvertOptions
 from bakesteer.record import write_json
@@ -89,10 +94,50 @@ def options_from(*groups: str, only: tuple[str, ...] = ()) -> Callable[[F], F]:
     return decorate
 
 
-def common_flags(command: F) -> F:
+def _common_flags(command: F) -> F:
     command = click.option("--quiet", "-q", is_flag=True, help="No progress bars and no summary, only errors.")(command)
     command = click.option("--debug", is_flag=True, help="Show full tracebacks and debug logs.")(command)
     return command
+
+
+#: Which :class:`ConvertOptions` fields a command takes: ``{group: None (all of it) or the field names}``.
+OptionGroups = dict[str, tuple[str, ...] | None]
+
+
+def command(
+    *params: Callable[[F], F], options: OptionGroups | None = None, name: str | None = None, epilog: str | None = None
+) -> Callable[[F], Any]:
+    """Declare a ``bakesteer`` subcommand.
+
+    The body is called with its own parameters, ``quiet``, and (when ``options`` is given) ``options``: the
+    :class:`ConvertOptions` built from those flags. It runs inside the error boundary; whatever it returns is
+    ignored, and ``sys.exit`` inside it passes through.
+
+    Args:
+        params: click decorators for the command's own arguments and options, top to bottom.
+        options: The :class:`ConvertOptions` groups (and fields) the command exposes as flags.
+        name: The command's name (default: the function's).
+        epilog: Text after the options in ``--help``.
+    """
+
+    def decorate(body: F) -> Any:
+        @functools.wraps(body)
+        def run(quiet: bool, debug: bool, **values: Any) -> None:
+            _setup(quiet, debug)
+            names = {f.name for f in dataclasses.fields(ConvertOptions)}
+            kwargs = {k: v for k, v in values.items() if options is None or k not in names}
+            if options is not None:
+                kwargs["options"] = ConvertOptions(**{k: v for k, v in values.items() if k in names})
+            _run(debug, lambda: body(quiet=quiet, **kwargs))
+
+        cmd: Any = _common_flags(run)
+        for group, only in reversed(list((options or {}).items())):
+            cmd = options_from(group, only=only or ())(cmd)
+        for param in reversed(params):
+            cmd = param(cmd)
+        return main.command(name=name, epilog=epilog)(cmd)
+
+    return decorate
 
 
 def _setup(quiet: bool, debug: bool) -> None:
@@ -159,11 +204,6 @@ def _run(debug: bool, action: Callable[[], Any]) -> Any:
         signal.signal(signal.SIGTERM, previous)
 
 
-def _options(values: dict[str, Any]) -> ConvertOptions:
-    names = {f.name for f in dataclasses.fields(ConvertOptions)}
-    return ConvertOptions(**{k: v for k, v in values.items() if k in names})
-
-
 class _OneLineGroup(click.Group):
     """Usage errors (a bad flag, a value of the wrong kind, a path of the wrong type) as one line, like every other
     error: ``bakesteer: error: <click's message>; see `bakesteer CMD --help```, exit 2."""
@@ -190,259 +230,165 @@ def main() -> None:
     """Bake norm-calibrated activation steering into ordinary Hugging Face checkpoints."""
 
 
-@main.command()
-@click.argument("model")
-@click.option(
+_OUTPUT_DIR = click.option(
     "--output", "-o", type=click.Path(path_type=Path, file_okay=False), required=True, help="Output directory."
 )
-@options_from("bake", "calibration", "validation", "runtime", "measure", "evaluate", "publish")
-@click.option(
-    "--report",
-    type=click.Path(path_type=Path, dir_okay=False),
-    help="Write what the run cost and where it ran (timings, machine, validation, push) as JSON to this file; "
-    "none of it goes into the output, so identical conversions give identical bytes.",
+_ALL_GROUPS: OptionGroups = dict.fromkeys(
+    ("bake", "calibration", "validation", "runtime", "measure", "evaluate", "publish")
 )
-@common_flags
-def convert(model: str, output: Path, report: Path | None, quiet: bool, debug: bool, **values: Any) -> None:
+
+
+@command(
+    click.argument("model"),
+    _OUTPUT_DIR,
+    click.option(
+        "--report",
+        type=click.Path(path_type=Path, dir_okay=False),
+        help="Write what the run cost and where it ran (timings, machine, validation, push) as JSON to this file; "
+        "none of it goes into the output, so identical conversions give identical bytes.",
+    ),
+    options=_ALL_GROUPS,
+)
+def convert(model: str, output: Path, report: Path | None, quiet: bool, options: ConvertOptions) -> None:
     """Bake steering into MODEL (Hub id, local directory or .gguf file) and validate the result."""
-    _setup(quiet, debug)
-    options = _options(values)
+    from bakesteer.pipeline import convert as run_convert
 
-    def action() -> Any:
-        from bakesteer.pipeline import convert as run_convert
-
-        if report is not None:
-            from bakesteer.writer import check_file_target
-
-            check_file_target(report, "--report")
-        return run_convert(model, output, options)
-
-    result = _run(debug, action)
     if report is not None:
-        _write_report(report, result)
-    if result.up_to_date is not None:
-        if not quiet:
-            branch = options.push_branch or "main"
-            click.echo(
-                f"{options.push_to_hub}@{branch} already holds this conversion (fingerprint "
-                f"{result.metadata['fingerprint'][:12]}): nothing converted or pushed; --force-push redoes it"
-            )
+        from bakesteer.writer import check_file_target
+
+        check_file_target(report, "--report")
+    result = run_convert(model, output, options)
+    if report is not None:
+        data = result.report() if result.up_to_date is None else {"up_to_date": True, **result.metadata}
+        write_json(report, data, sort_keys=False)
+    if quiet:
         return
-    if not quiet:
-        _summary(result, output)
-        if "sweep" in result.metadata:
-            click.echo(_auto_summary(result.metadata["sweep"]))
-        if "evaluation" in result.metadata:
-            click.echo(
-                _metrics_table(
-                    {
-                        "base": result.metadata["evaluation"]["metrics"]["base"],
-                        f"k={result.alpha:g}": result.metadata["evaluation"]["metrics"]["model"],
-                    }
-                )
-            )
-        if result.push is not None:
-            _push_summary(result.push)
+    if result.up_to_date is not None:
+        click.echo(
+            display.up_to_date_line(str(options.push_to_hub), options.push_branch, result.metadata["fingerprint"])
+        )
+        return
+    click.echo(display.convert_summary(result, output))
+    for block in display.convert_extras(result):
+        click.echo(block)
+    if result.push is not None:
+        click.echo(display.push_summary(result.push))
 
 
-def _write_report(path: Path, result: Any) -> None:
-    data = result.report() if result.up_to_date is None else {"up_to_date": True, **result.metadata}
-    write_json(path, data, sort_keys=False)
-
-
-def _summary(result: Any, output: Path) -> None:
-    v = result.validation
-    start, end = result.band
-    norms = list(result.offset_norms.values())
-    layers = result.metadata["method"]["num_layers"]
-    greedy = "equal" if v.greedy_equal else f"differ at step {v.greedy_first_mismatch}"
-    lines = [
-        f"baked k={result.alpha:g} into layers {start}-{end - 1} ({end - start} of {layers})",
-        f"  offset norms      {min(norms):.4g} .. {max(norms):.4g}",
-        f"  validation ({v.dtype}) max|dlogit| {v.max_abs_diff:.3g} = {v.relative_diff:.3g} of max|logit| "
-        f"(tolerance {v.tolerance:.3g}: {v.tolerance_basis})",
-        f"  mean KL {v.mean_kl:.3g}, greedy {v.greedy_tokens} tokens {greedy}, "
-        f"baked vs base {v.base_relative_diff:.3g}",
-        f"  output            {output}",
-        f"  time              {result.seconds:.1f} s",
-    ]
-    click.echo("\n".join(lines))
-
-
-@main.command()
-@click.argument("model")
-@click.option(
-    "--output",
-    "-o",
-    type=click.Path(path_type=Path, dir_okay=False),
-    required=True,
-    help="Where to save the vector (steering.safetensors format).",
+@command(
+    click.argument("model"),
+    click.option(
+        "--output",
+        "-o",
+        type=click.Path(path_type=Path, dir_okay=False),
+        required=True,
+        help="Where to save the vector (steering.safetensors format).",
+    ),
+    options={"calibration": None, "runtime": None},
 )
-@options_from("calibration")
-@options_from("runtime")
-@common_flags
-def vector(model: str, output: Path, quiet: bool, debug: bool, **values: Any) -> None:
+def vector(model: str, output: Path, quiet: bool, options: ConvertOptions) -> None:
     """Calibrate MODEL and save only the steering vector, for `convert --vector` runs with many alphas."""
-    _setup(quiet, debug)
-    options = _options(values)
+    from bakesteer.pipeline import compute_vector
 
-    def action() -> Any:
-        from bakesteer.pipeline import compute_vector
-
-        return compute_vector(model, output, options)
-
-    vec = _run(debug, action)
+    vec = compute_vector(model, output, options)
     if not quiet:
         click.echo(f"saved a {vec.num_layers}-layer vector (d_model {vec.d_model}) to {output}")
 
 
-def _metrics_table(rows: dict[str, dict[str, Any]]) -> str:
-    """A fixed-width table, one row per labelled metrics dict, one column per metric of ``METRICS``."""
-    from bakesteer.metric_table import METRICS
-
-    width = max(len(label) for label in rows) + 2
-    lines = [" " * width + "".join(f"{m.short:>11}" for m in METRICS)]
-    for label, metrics in rows.items():
-        lines.append(f"{label:<{width}}" + "".join(f"{m.format(metrics):>11}" for m in METRICS))
-    return "\n".join(lines)
-
-
-def _auto_summary(record: dict[str, Any]) -> str:
-    kept = [d for d in record["decisions"] if d["kept"]]
-    refused = next((d for d in record["decisions"] if not d["kept"]), None)
-    why = f"; k={refused['alpha']:g} broke a limit ({refused['why_not']})" if refused else "; every k kept"
-    rows = {f"k={run['alpha']:g}": run["metrics"] for run in record["runs"]}
-    return (
-        f"--alpha auto chose k={record['chosen']:g} ({len(kept)} of {len(record['decisions'])} grid points kept{why})\n"
-        + _metrics_table(rows)
-    )
-
-
-@main.command()
-@click.argument("model")
-@click.option(
-    "--output", "-o", type=click.Path(path_type=Path, file_okay=False), required=True, help="Output directory."
+@command(
+    click.argument("model"),
+    _OUTPUT_DIR,
+    click.option(
+        "--alphas",
+        type=FloatList(),
+        default=",".join(f"{a:g}" for a in (-1, -0.5, 0, 0.5, 1)),
+        show_default=True,
+        help="The k values to measure (use --alphas=-1,... so the leading minus is not read as a flag).",
+    ),
+    click.option(
+        "--modes",
+        default="broadcast,last-token",
+        show_default=True,
+        help="Steering modes: broadcast (every position, what baking does), last-token (the last prompt position "
+        "and each generated token; cannot be baked).",
+    ),
+    options={"bake": ("layers", "vector"), "calibration": None, "runtime": None, "measure": None},
 )
-@click.option(
-    "--alphas",
-    type=FloatList(),
-    default=",".join(f"{a:g}" for a in (-1, -0.5, 0, 0.5, 1)),
-    show_default=True,
-    help="The k values to measure (use --alphas=-1,... so the leading minus is not read as a flag).",
-)
-@click.option(
-    "--modes",
-    default="broadcast,last-token",
-    show_default=True,
-    help="Steering modes: broadcast (every position, what baking does), last-token (the last prompt position and "
-    "each generated token; cannot be baked).",
-)
-@options_from("bake", only=("layers", "vector"))
-@options_from("calibration", "runtime", "measure")
-@common_flags
 def sweep(
-    model: str, output: Path, alphas: tuple[float, ...], modes: str, quiet: bool, debug: bool, **values: Any
+    model: str, output: Path, alphas: tuple[float, ...], modes: str, quiet: bool, options: ConvertOptions
 ) -> None:
     """Measure MODEL steered by hooks at several k and modes: KL, perplexity, fluency, repetition, concept score,
     refusals. One load, one calibration; writes sweep.json, sweep.csv and plots into OUTPUT, no checkpoint."""
-    _setup(quiet, debug)
-    options = _options(values)
+    from bakesteer.sweep import sweep as run_sweep
+
     mode_list = [m.strip() for m in modes.split(",") if m.strip()]
-
-    def action() -> Any:
-        from bakesteer.sweep import sweep as run_sweep
-
-        return run_sweep(model, output, options, alphas=alphas, modes=mode_list)
-
-    result = _run(debug, action)
+    result = run_sweep(model, output, options, alphas=alphas, modes=mode_list)
     if not quiet:
-        start, end = result.band
-        click.echo(f"swept {model} over layers {start}-{end - 1} in {result.seconds:.1f} s")
-        click.echo(_metrics_table({f"k={r.alpha:g} {r.mode}": r.metrics for r in result.runs}))
-        best = max((a for a in result.auroc if a is not None), default=float("nan"))
-        click.echo(f"direction AUROC (held out) up to {best:.3f}; written to {output}")
+        click.echo(display.sweep_summary(model, result, output))
 
 
-@main.command(name="eval")
-@click.argument("directory", type=click.Path(path_type=Path, file_okay=False))
-@click.option("--base", help="The base model (default: the Hub id and commit the checkpoint records).")
-@click.option(
-    "--output",
-    "-o",
-    type=click.Path(path_type=Path, dir_okay=False),
-    help="Write the full report (metrics and every completion) as JSON to this file.",
+@command(
+    click.argument("directory", type=click.Path(path_type=Path, file_okay=False)),
+    click.option("--base", help="The base model (default: the Hub id and commit the checkpoint records)."),
+    click.option(
+        "--output",
+        "-o",
+        type=click.Path(path_type=Path, dir_okay=False),
+        help="Write the full report (metrics and every completion) as JSON to this file.",
+    ),
+    options={
+        "calibration": ("positive", "negative"),
+        "runtime": ("dtype", "device", "device_map", "max_memory", "offload_folder", "batch_size"),
+        "measure": None,
+    },
+    name="eval",
 )
-@options_from("calibration", only=("positive", "negative"))
-@options_from("runtime", only=("dtype", "device", "device_map", "max_memory", "offload_folder", "batch_size"))
-@options_from("measure")
-@common_flags
-def eval_(directory: Path, base: str | None, output: Path | None, quiet: bool, debug: bool, **values: Any) -> None:
+def eval_(directory: Path, base: str | None, output: Path | None, quiet: bool, options: ConvertOptions) -> None:
     """Measure a bakesteer output DIRECTORY, loaded plainly, side by side with its base model."""
-    _setup(quiet, debug)
-    options = _options(values)
+    from bakesteer.evaluate import evaluate
 
-    def action() -> Any:
-        from bakesteer.evaluate import evaluate
+    report = evaluate(directory, base=base, options=options)
+    if output is not None:
+        from bakesteer.writer import check_output
 
-        report = evaluate(directory, base=base, options=options)
-        if output is not None:
-            from bakesteer.writer import check_output
-
-            check_output(Path(output).absolute(), overwrite=False)
-            write_json(Path(output), report.to_dict())
-        return report
-
-    report = _run(debug, action)
+        check_output(Path(output).absolute(), overwrite=False)
+        write_json(Path(output), report.to_dict())
     if not quiet:
-        click.echo(_metrics_table({"base": report.metrics["base"], f"k={report.alpha:g}": report.metrics["model"]}))
+        click.echo(
+            display.metrics_table({"base": report.metrics["base"], f"k={report.alpha:g}": report.metrics["model"]})
+        )
 
 
-@main.command()
-@click.argument("directory", type=click.Path(path_type=Path, file_okay=False))
-@click.argument("repo_id")
-@click.option("--private", is_flag=True, help="Create the repository private.")
-@click.option("--revision", help="Branch to push to (default main).")
-@click.option("--commit-message", help="Commit message.")
-@click.option("--force", is_flag=True, help="Push even if the output did not pass validation.")
-@common_flags
+@command(
+    click.argument("directory", type=click.Path(path_type=Path, file_okay=False)),
+    click.argument("repo_id"),
+    click.option("--private", is_flag=True, help="Create the repository private."),
+    click.option("--branch", "--revision", "branch", help="Branch to push to (default main)."),
+    click.option("--commit-message", help="Commit message."),
+    click.option("--force", is_flag=True, help="Push even if the output did not pass validation."),
+)
 def push(
     directory: Path,
     repo_id: str,
     private: bool,
-    revision: str | None,
+    branch: str | None,
     commit_message: str | None,
     force: bool,
     quiet: bool,
-    debug: bool,
 ) -> None:
     """Push a bakesteer output DIRECTORY to the Hub as REPO_ID (OWNER/NAME), in one commit."""
-    _setup(quiet, debug)
+    from bakesteer.errors import interrupted_state
+    from bakesteer.hub import push as run_push
 
-    def action() -> Any:
-        from bakesteer.errors import interrupted_state
-        from bakesteer.hub import push as run_push
-
-        try:
-            return run_push(
-                directory, repo_id, private=private, revision=revision, commit_message=commit_message, force=force
-            )
-        except KeyboardInterrupt as err:
-            interrupted_state(err, f"the push did not finish and {repo_id} is unchanged (a commit is all or nothing)")
-            raise
-
-    result = _run(debug, action)
-    if not quiet:
-        _push_summary(result)
-
-
-def _push_summary(result: Any) -> None:
-    if result.commit is None:
-        click.echo(f"{result.repo_id}@{result.revision} is up to date ({len(result.unchanged)} files): no commit")
-    else:
-        click.echo(
-            f"pushed {result.repo_id}@{result.revision} commit {result.commit[:12]}: {len(result.uploaded)} uploaded, "
-            f"{len(result.deleted)} deleted, {len(result.unchanged)} unchanged"
+    try:
+        result = run_push(
+            directory, repo_id, private=private, branch=branch, commit_message=commit_message, force=force
         )
+    except KeyboardInterrupt as err:
+        interrupted_state(err, f"the push did not finish and {repo_id} is unchanged (a commit is all or nothing)")
+        raise
+    if not quiet:
+        click.echo(display.push_summary(result))
 
 
 #: Exit status of ``publish`` when at least one variant failed (the others were still published).
@@ -466,33 +412,34 @@ Exit status: 0 when every variant is published or up to date, 2 for a bad file o
 """
 
 
-@main.command(epilog=_PUBLISH_EPILOG)
-@click.argument("variants_file", type=click.Path(path_type=Path, dir_okay=False))
-@click.option("--dry-run", is_flag=True, help="Resolve sources and read the targets; list what would be published.")
-@click.option(
-    "--report",
-    type=click.Path(path_type=Path, dir_okay=False),
-    help="Write every variant's outcome as JSON to this file (also when some fail).",
+@command(
+    click.argument("variants_file", type=click.Path(path_type=Path, dir_okay=False)),
+    click.option("--dry-run", is_flag=True, help="Resolve sources and read the targets; list what would be published."),
+    click.option(
+        "--report",
+        type=click.Path(path_type=Path, dir_okay=False),
+        help="Write every variant's outcome as JSON to this file (also when some fail).",
+    ),
+    click.option(
+        "--work-dir",
+        type=click.Path(path_type=Path, file_okay=False),
+        help="Where outputs are converted before their push (default: the system temporary directory).",
+    ),
+    click.option(
+        "--keep-outputs",
+        type=click.Path(path_type=Path, file_okay=False),
+        help="Keep each converted output in this directory instead of deleting it after the push.",
+    ),
+    click.option(
+        "--plan-json",
+        is_flag=True,
+        help="A dry run that prints a GitHub Actions matrix on stdout, one entry per model and prompt set with "
+        'something to publish ({"include": [{"id", "model", "prompt_set", "source", "cache_key", "targets"}]}); '
+        "other output goes to stderr.",
+    ),
+    click.option("--group", help="Only this calibration group (an id from --plan-json): one CI job per group."),
+    epilog=_PUBLISH_EPILOG,
 )
-@click.option(
-    "--work-dir",
-    type=click.Path(path_type=Path, file_okay=False),
-    help="Where outputs are converted before their push (default: the system temporary directory).",
-)
-@click.option(
-    "--keep-outputs",
-    type=click.Path(path_type=Path, file_okay=False),
-    help="Keep each converted output in this directory instead of deleting it after the push.",
-)
-@click.option(
-    "--plan-json",
-    is_flag=True,
-    help="A dry run that prints a GitHub Actions matrix on stdout, one entry per model and prompt set with something "
-    'to publish ({"include": [{"id", "model", "prompt_set", "source", "cache_key", "targets"}]}); '
-    "other output goes to stderr.",
-)
-@click.option("--group", help="Only this calibration group (an id from --plan-json): one CI job per group.")
-@common_flags
 def publish(
     variants_file: Path,
     dry_run: bool,
@@ -502,7 +449,6 @@ def publish(
     plan_json: bool,
     group: str | None,
     quiet: bool,
-    debug: bool,
 ) -> None:
     """Publish every steered variant of VARIANTS_FILE (models x alphas x prompt sets) that is not already on the Hub.
 
@@ -510,93 +456,78 @@ def publish(
     fingerprint. Each model is calibrated once per prompt set; every alpha reuses that vector. One commit per
     variant; a failed variant is reported and the others still publish.
     """
-    _setup(quiet, debug)
-
-    from bakesteer.publish import PublishReport
+    from bakesteer.errors import interrupted_state
+    from bakesteer.publish import PublishReport, plan_matrix
+    from bakesteer.publish import publish as run_publish
 
     finished = PublishReport(dry_run=dry_run or plan_json)
+    show = _show_outcome(finished, report, quiet=quiet, to_stderr=plan_json)
+    if report is not None:
+        from bakesteer.writer import check_file_target
 
-    def show(outcome: Any) -> None:
-        finished.outcomes.append(outcome)
-        if report is not None:  # every finished variant is on disk at once: an interrupt or a kill loses none
-            finished.write(report)
-        if not quiet or outcome.status == "failed":
-            click.echo(_outcome_line(outcome), err=plan_json or outcome.status == "failed")
-
-    def action() -> Any:
-        from bakesteer.errors import interrupted_state
-        from bakesteer.publish import publish as run_publish
-
-        if report is not None:
-            from bakesteer.writer import check_file_target
-
-            check_file_target(report, "--report")
-        try:
-            return run_publish(
-                variants_file,
-                dry_run=dry_run or plan_json,
-                work_dir=work_dir,
-                keep_outputs=keep_outputs,
-                on_outcome=show,
-                group=group,
-            )
-        except KeyboardInterrupt as err:
-            recorded = f"; they are recorded in {report}" if report is not None else ""
-            interrupted_state(err, f"{len(finished.outcomes)} variant(s) had finished{recorded}")
-            raise
-
-    result = _run(debug, action)
+        check_file_target(report, "--report")
+    try:
+        result = run_publish(
+            variants_file,
+            dry_run=dry_run or plan_json,
+            work_dir=work_dir,
+            keep_outputs=keep_outputs,
+            on_outcome=show,
+            group=group,
+        )
+    except KeyboardInterrupt as err:
+        recorded = f"; they are recorded in {report}" if report is not None else ""
+        interrupted_state(err, f"{len(finished.outcomes)} variant(s) had finished{recorded}")
+        raise
     if report is not None:
         result.write(report)
     if plan_json:
-        from bakesteer.publish import plan_matrix
-
         click.echo(json.dumps(plan_matrix(result), separators=(",", ":")))
     if not quiet:
-        counts = ", ".join(f"{n} {status}" for status, n in sorted(result.counts().items()))
-        click.echo(f"{len(result.outcomes)} variants: {counts}; {result.calibrations} calibration(s)", err=plan_json)
+        click.echo(display.publish_totals(result), err=plan_json)
     if result.failed:
         sys.exit(EXIT_SOME_FAILED)
 
 
-def _outcome_line(outcome: Any) -> str:
-    v = outcome.variant
-    k = v.alpha if isinstance(v.alpha, str) else f"{v.alpha:g}"
-    head = f"{outcome.status:<13} {v.target}  k={k} {v.prompt_set} ({v.label})"
-    if outcome.status == "failed":
-        return f"{head}: {outcome.error}"
-    if outcome.status in ("published", "unchanged"):
-        detail = f"commit {outcome.commit[:12]}" if outcome.commit else "no change on the Hub"
-        rel = outcome.validation["relative_diff"] if outcome.validation else float("nan")
-        return f"{head}: {detail}, validation {rel:.3g}, {outcome.seconds:.1f} s"
-    return f"{head}: {outcome.reason}"
+def _show_outcome(finished: Any, report: Path | None, *, quiet: bool, to_stderr: bool) -> Callable[[Any], None]:
+    """Each variant's outcome as it is known: added to the report on disk (an interrupt or a kill loses none) and
+    printed (failures always, on stderr)."""
+
+    def show(outcome: Any) -> None:
+        finished.outcomes.append(outcome)
+        if report is not None:
+            finished.write(report)
+        if not quiet or outcome.status == "failed":
+            click.echo(display.outcome_line(outcome), err=to_stderr or outcome.status == "failed")
+
+    return show
 
 
-@main.command()
-@click.argument("source", type=click.Path(path_type=Path))
-@click.option(
-    "--control-vector",
-    type=click.Path(path_type=Path, dir_okay=False),
-    help="Write the offsets as a llama.cpp control vector (GGUF, direction.N added to the output of block N); it "
-    "applies to any quantization of the base: llama-cli -m BASE.gguf --control-vector FILE.",
+@command(
+    click.argument("source", type=click.Path(path_type=Path)),
+    click.option(
+        "--control-vector",
+        type=click.Path(path_type=Path, dir_okay=False),
+        help="Write the offsets as a llama.cpp control vector (GGUF, direction.N added to the output of block N); "
+        "it applies to any quantization of the base: llama-cli -m BASE.gguf --control-vector FILE.",
+    ),
+    click.option(
+        "--gguf",
+        "gguf_file",
+        type=click.Path(path_type=Path, dir_okay=False),
+        help="Convert the baked checkpoint to GGUF with llama.cpp's own convert_hf_to_gguf.py (Llama-layout outputs).",
+    ),
+    click.option("--alpha", type=float, help="With --control-vector: another k (required for a steering.safetensors)."),
+    click.option("--layers", help="With --control-vector: another band, as convert --layers (required for a file)."),
+    click.option("--outtype", default="f32", show_default=True, type=click.Choice(GGUF_OUTTYPES)),
+    click.option(
+        "--llama-cpp",
+        type=click.Path(path_type=Path, file_okay=False),
+        help="A llama.cpp tree (or an unpacked llama-cpp-python sdist) holding convert_hf_to_gguf.py; default "
+        "$BAKESTEER_LLAMA_CPP, then .cache/llama.cpp (`make llama-cpp`).",
+    ),
+    click.option("--overwrite", is_flag=True, help="Replace existing output files."),
 )
-@click.option(
-    "--gguf",
-    "gguf_file",
-    type=click.Path(path_type=Path, dir_okay=False),
-    help="Convert the baked checkpoint to GGUF with llama.cpp's own convert_hf_to_gguf.py (Llama-layout outputs).",
-)
-@click.option("--alpha", type=float, help="With --control-vector: another k (required for a steering.safetensors).")
-@click.option("--layers", help="With --control-vector: another band, as convert --layers (required for a file).")
-@click.option("--outtype", default="f32", show_default=True, type=click.Choice(GGUF_OUTTYPES))
-@click.option(
-    "--llama-cpp",
-    type=click.Path(path_type=Path, file_okay=False),
-    help="A llama.cpp tree (or an unpacked llama-cpp-python sdist) holding convert_hf_to_gguf.py; default "
-    "$BAKESTEER_LLAMA_CPP, then .cache/llama.cpp (`make llama-cpp`).",
-)
-@click.option("--overwrite", is_flag=True, help="Replace existing output files.")
-@common_flags
 def export(
     source: Path,
     control_vector: Path | None,
@@ -607,74 +538,48 @@ def export(
     llama_cpp: Path | None,
     overwrite: bool,
     quiet: bool,
-    debug: bool,
 ) -> None:
     """Export SOURCE (a convert output directory, or a steering.safetensors) for llama.cpp."""
-    _setup(quiet, debug)
+    from bakesteer import export as run
+    from bakesteer.errors import OptionError
 
-    def action() -> Any:
-        from bakesteer import export as run
-
-        if control_vector is None and gguf_file is None:
-            from bakesteer.errors import OptionError
-
-            raise OptionError(
-                "export", str(source), reason="nothing to write", hint="pass --control-vector and/or --gguf"
-            )
-        if gguf_file is not None and (alpha is not None or layers is not None):
-            from bakesteer.errors import OptionError
-
-            raise OptionError(
-                "--alpha/--layers", f"{alpha}/{layers}", reason="a GGUF checkpoint carries the bake as written",
-                hint="convert again for another k or band, or export a --control-vector",
-            )  # fmt: skip
-        done: list[Any] = []
-        if control_vector is not None:
-            done.append(
-                run.export_control_vector(source, control_vector, alpha=alpha, layers=layers, overwrite=overwrite)
-            )
-        if gguf_file is not None:
-            done.append(run.export_gguf(source, gguf_file, outtype=outtype, llama_cpp=llama_cpp, overwrite=overwrite))
-        return done
-
-    for item in _run(debug, action):
-        if quiet:
-            continue
-        if isinstance(item, Path):
-            click.echo(f"wrote {item} ({item.stat().st_size / 2**20:.1f} MiB)")
-        else:
-            click.echo(
-                f"wrote {item.path}: {len(item.blocks)} directions (blocks {item.band[0]}-{item.band[1] - 1}, "
-                f"k={item.alpha:g}, model hint {item.model_type}); llama.cpp: --control-vector {item.path}"
-            )
-
-
-@main.command()
-@click.option(
-    "--output",
-    "-o",
-    type=click.Path(path_type=Path, file_okay=False),
-    default=Path("demo-output"),
-    show_default=True,
-    help="Output directory.",
-)
-@click.option("--alpha", type=float, default=1.0, show_default=True, help="Steering strength k.")
-@click.option("--overwrite", is_flag=True, help="Replace an existing output directory.")
-@common_flags
-def demo(output: Path, alpha: float, overwrite: bool, quiet: bool, debug: bool) -> None:
-    """Convert the embedded SmolLM2-135M-Instruct GGUF offline and compare base and baked answers."""
-    _setup(quiet, debug)
-
-    def action() -> Any:
-        from bakesteer.demo import run_demo
-
-        return run_demo(output, alpha=alpha, overwrite=overwrite)
-
-    result, answers = _run(debug, action)
+    if control_vector is None and gguf_file is None:
+        raise OptionError("export", str(source), reason="nothing to write", hint="pass --control-vector and/or --gguf")
+    if gguf_file is not None and (alpha is not None or layers is not None):
+        raise OptionError(
+            "--alpha/--layers", f"{alpha}/{layers}", reason="a GGUF checkpoint carries the bake as written",
+            hint="convert again for another k or band, or export a --control-vector",
+        )  # fmt: skip
+    done: list[Any] = []
+    if control_vector is not None:
+        done.append(run.export_control_vector(source, control_vector, alpha=alpha, layers=layers, overwrite=overwrite))
+    if gguf_file is not None:
+        done.append(run.export_gguf(source, gguf_file, outtype=outtype, llama_cpp=llama_cpp, overwrite=overwrite))
     if not quiet:
-        _summary(result, output)
-    for prompt, base, baked in answers:
-        click.echo(f"\n> {prompt}\n  base : {base}\n  baked: {baked}")
+        for item in done:
+            click.echo(display.export_line(item))
+
+
+@command(
+    click.option(
+        "--output",
+        "-o",
+        type=click.Path(path_type=Path, file_okay=False),
+        default=Path("demo-output"),
+        show_default=True,
+        help="Output directory.",
+    ),
+    click.option("--alpha", type=float, default=1.0, show_default=True, help="Steering strength k."),
+    click.option("--overwrite", is_flag=True, help="Replace an existing output directory."),
+)
+def demo(output: Path, alpha: float, overwrite: bool, quiet: bool) -> None:
+    """Convert the embedded SmolLM2-135M-Instruct GGUF offline and compare base and baked answers."""
+    from bakesteer.demo import run_demo
+
+    result, answers = run_demo(output, alpha=alpha, overwrite=overwrite)
+    if not quiet:
+        click.echo(display.convert_summary(result, output))
+    click.echo(display.demo_answers(answers))
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ class PushResult:
     """What a push did. ``commit`` is ``None`` when nothing changed (no commit was made)."""
 
     repo_id: str
-    revision: str
+    branch: str
     commit: str | None
     uploaded: list[str] = field(default_factory=list)
     deleted: list[str] = field(default_factory=list)
@@ -92,7 +92,7 @@ def push(
     repo_id: str,
     *,
     private: bool = False,
-    revision: str | None = None,
+    branch: str | None = None,
     commit_message: str | None = None,
     token: str | None = None,
     force: bool = False,
@@ -103,7 +103,7 @@ def push(
         directory: An output of ``bakesteer convert``.
         repo_id: ``OWNER/NAME``; created if missing.
         private: Create the repository private.
-        revision: Branch to push to (created from main if missing); default ``main``.
+        branch: The branch to push to (created from main if missing); default ``main``.
         commit_message: Defaults to a summary of k and the band.
         token: Defaults to ``HF_TOKEN`` or the stored login.
         force: Push even if the output did not pass validation, or into a branch that holds files but no bakesteer
@@ -123,7 +123,7 @@ def push(
         raise NotPushableError(
             f"{directory.name} did not pass validation", hint="reconvert it, or pass --force to push it anyway"
         )
-    branch = revision or "main"
+    branch = branch or "main"
     start, end = record.band
     message = commit_message or f"bakesteer {record.version}: k={record.k:g}, layers {start}-{end - 1}"
     local = {p.name: p for p in sorted(directory.iterdir()) if p.is_file()}
@@ -223,8 +223,8 @@ class PublishedState:
     head: str | None = None
 
 
-def published_state(repo_id: str, revision: str | None = None, *, token: str | None = None) -> PublishedState:
-    """Read ``bakesteer.json`` at ``repo_id@revision`` without downloading anything else.
+def published_state(repo_id: str, branch: str | None = None, *, token: str | None = None) -> PublishedState:
+    """Read ``bakesteer.json`` at ``repo_id@branch`` (default main) without downloading anything else.
 
     Raises:
         HubError: the Hub refused (401, 403, ...) or the network failed.
@@ -236,7 +236,7 @@ def published_state(repo_id: str, revision: str | None = None, *, token: str | N
     api = HfApi(token=token)
     try:
         try:
-            info = api.model_info(repo_id, revision=revision or "main")
+            info = api.model_info(repo_id, revision=branch or "main")
         except RevisionNotFoundError:
             return PublishedState(None, "new branch")
         except RepositoryNotFoundError:

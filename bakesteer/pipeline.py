@@ -112,7 +112,7 @@ class ConvertResult:
             },
             "push": None
             if self.push is None
-            else {"repo": self.push.repo_id, "revision": self.push.revision, "commit": self.push.commit},
+            else {"repo": self.push.repo_id, "branch": self.push.branch, "commit": self.push.commit},
         }
 
 
@@ -492,7 +492,7 @@ def _push_output(final: Path, options: ConvertOptions) -> Any:
             final,
             options.push_to_hub,
             private=options.private,
-            revision=options.push_branch,
+            branch=options.push_branch,
             commit_message=options.commit_message,
         )
     except KeyboardInterrupt as err:

@@ -387,7 +387,7 @@ def _convert_and_push(
             result.output,
             variant.repo_id,
             private=variant.options.private,
-            revision=variant.branch,
+            branch=variant.branch,
             commit_message=variant.options.commit_message,
             token=token,
         )

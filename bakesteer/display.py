@@ -1,0 +1,128 @@
+"""What the CLI shows a person: each result as lines of text. Pure functions (no printing, no I/O), so that the CLI
+stays a thin layer of parsing and the formats can be tested on their own."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from bakesteer.metric_table import METRICS
+
+
+def metrics_table(rows: dict[str, dict[str, Any]]) -> str:
+    """A fixed-width table, one row per labelled metrics dict, one column per metric of ``METRICS``."""
+    width = max(len(label) for label in rows) + 2
+    lines = [" " * width + "".join(f"{m.short:>11}" for m in METRICS)]
+    for label, metrics in rows.items():
+        lines.append(f"{label:<{width}}" + "".join(f"{m.format(metrics):>11}" for m in METRICS))
+    return "\n".join(lines)
+
+
+def convert_summary(result: Any, output: Path) -> str:
+    """A conversion: band, offset norms, the validation numbers, where and how long."""
+    v = result.validation
+    start, end = result.band
+    norms = list(result.offset_norms.values())
+    layers = result.metadata["method"]["num_layers"]
+    greedy = "equal" if v.greedy_equal else f"differ at step {v.greedy_first_mismatch}"
+    return "\n".join(
+        [
+            f"baked k={result.alpha:g} into layers {start}-{end - 1} ({end - start} of {layers})",
+            f"  offset norms      {min(norms):.4g} .. {max(norms):.4g}",
+            f"  validation ({v.dtype}) max|dlogit| {v.max_abs_diff:.3g} = {v.relative_diff:.3g} of max|logit| "
+            f"(tolerance {v.tolerance:.3g}: {v.tolerance_basis})",
+            f"  mean KL {v.mean_kl:.3g}, greedy {v.greedy_tokens} tokens {greedy}, "
+            f"baked vs base {v.base_relative_diff:.3g}",
+            f"  output            {output}",
+            f"  time              {result.seconds:.1f} s",
+        ]
+    )
+
+
+def convert_extras(result: Any) -> list[str]:
+    """After the summary: the ``--alpha auto`` decision and ``--eval``'s table, when they ran."""
+    blocks = []
+    if "sweep" in result.metadata:
+        blocks.append(auto_summary(result.metadata["sweep"]))
+    if "evaluation" in result.metadata:
+        metrics = result.metadata["evaluation"]["metrics"]
+        blocks.append(metrics_table({"base": metrics["base"], f"k={result.alpha:g}": metrics["model"]}))
+    return blocks
+
+
+def up_to_date_line(repo_id: str, branch: str | None, fingerprint: str) -> str:
+    """A ``--push-to-hub`` conversion whose target already holds its fingerprint."""
+    return (
+        f"{repo_id}@{branch or 'main'} already holds this conversion (fingerprint {fingerprint[:12]}): nothing "
+        "converted or pushed; --force-push redoes it"
+    )
+
+
+def auto_summary(record: dict[str, Any]) -> str:
+    """``--alpha auto``: the chosen k, why the grid stopped where it did, and every run's metrics."""
+    kept = [d for d in record["decisions"] if d["kept"]]
+    refused = next((d for d in record["decisions"] if not d["kept"]), None)
+    why = f"; k={refused['alpha']:g} broke a limit ({refused['why_not']})" if refused else "; every k kept"
+    rows = {f"k={run['alpha']:g}": run["metrics"] for run in record["runs"]}
+    return (
+        f"--alpha auto chose k={record['chosen']:g} ({len(kept)} of {len(record['decisions'])} grid points kept{why})\n"
+        + metrics_table(rows)
+    )
+
+
+def sweep_summary(model: str, result: Any, output: Path) -> str:
+    """A sweep: its band, every run's metrics, and the direction's best held-out AUROC."""
+    start, end = result.band
+    best = max((a for a in result.auroc if a is not None), default=float("nan"))
+    return "\n".join(
+        [
+            f"swept {model} over layers {start}-{end - 1} in {result.seconds:.1f} s",
+            metrics_table({f"k={r.alpha:g} {r.mode}": r.metrics for r in result.runs}),
+            f"direction AUROC (held out) up to {best:.3f}; written to {output}",
+        ]
+    )
+
+
+def push_summary(result: Any) -> str:
+    """A push: the commit and what it changed, or that nothing changed."""
+    if result.commit is None:
+        return f"{result.repo_id}@{result.branch} is up to date ({len(result.unchanged)} files): no commit"
+    return (
+        f"pushed {result.repo_id}@{result.branch} commit {result.commit[:12]}: {len(result.uploaded)} uploaded, "
+        f"{len(result.deleted)} deleted, {len(result.unchanged)} unchanged"
+    )
+
+
+def outcome_line(outcome: Any) -> str:
+    """One publish variant's outcome."""
+    v = outcome.variant
+    k = v.alpha if isinstance(v.alpha, str) else f"{v.alpha:g}"
+    head = f"{outcome.status:<13} {v.target}  k={k} {v.prompt_set} ({v.label})"
+    if outcome.status == "failed":
+        return f"{head}: {outcome.error}"
+    if outcome.status in ("published", "unchanged"):
+        detail = f"commit {outcome.commit[:12]}" if outcome.commit else "no change on the Hub"
+        rel = outcome.validation["relative_diff"] if outcome.validation else float("nan")
+        return f"{head}: {detail}, validation {rel:.3g}, {outcome.seconds:.1f} s"
+    return f"{head}: {outcome.reason}"
+
+
+def publish_totals(report: Any) -> str:
+    """A publish run's counts by status and its number of calibrations."""
+    counts = ", ".join(f"{n} {status}" for status, n in sorted(report.counts().items()))
+    return f"{len(report.outcomes)} variants: {counts}; {report.calibrations} calibration(s)"
+
+
+def export_line(item: Any) -> str:
+    """One exported file: a GGUF checkpoint (a path) or a control vector."""
+    if isinstance(item, Path):
+        return f"wrote {item} ({item.stat().st_size / 2**20:.1f} MiB)"
+    return (
+        f"wrote {item.path}: {len(item.blocks)} directions (blocks {item.band[0]}-{item.band[1] - 1}, "
+        f"k={item.alpha:g}, model hint {item.model_type}); llama.cpp: --control-vector {item.path}"
+    )
+
+
+def demo_answers(answers: list[tuple[str, str, str]]) -> str:
+    """The demo's prompts with the base and the baked model's answers."""
+    return "".join(f"\n> {prompt}\n  base : {base}\n  baked: {baked}\n" for prompt, base, baked in answers).rstrip("\n")
