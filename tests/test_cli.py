@@ -130,10 +130,10 @@ def test_console_script_help_is_light_and_errors_are_one_line(tmp_path: Path) ->
     assert proc.stderr.count("\n") == 1 and "model not found" in proc.stderr and "Traceback" not in proc.stderr
 
 
-def test_readme_documents_every_option() -> None:
+def test_docs_document_every_option() -> None:
     from bakesteer.options import ConvertOptions
 
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    page = (Path(__file__).resolve().parents[1] / "docs" / "usage.md").read_text()
     for f in ConvertOptions.fields_in():
         flag = (f.metadata.get("flag") or "--" + f.name.replace("_", "-")).split("/")[0]
-        assert f"`{flag}" in readme, f"README's options table misses {flag}"
+        assert f"`{flag}" in page, f"the options table of docs/usage.md misses {flag}"

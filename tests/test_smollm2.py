@@ -120,7 +120,7 @@ def test_sentiment_sweep_tracks_k_and_agrees_with_a_lexicon_judge(gguf: Path, tm
     from bakesteer.prompts import load_prompt_set
     from bakesteer.sweep import sweep
 
-    data = Path(__file__).parent / "data"
+    data = Path(__file__).resolve().parents[1] / "bakesteer" / "data"
     eval_file = tmp_path / "eval.txt"
     eval_file.write_text("\n".join(load_prompt_set(None, "eval").prompts[:32]) + "\n")
     options = ConvertOptions(

@@ -1,4 +1,5 @@
-"""The README's support table, generated from the registry (``python -m bakesteer.architectures.table``)."""
+"""The support table of ``docs/architectures.md``, generated from the registry
+(``python -m bakesteer.architectures.table`` prints it)."""
 
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ def control_vector_check(model_type: str) -> str:
 
 
 def support_table() -> str:
-    """Markdown tables of supported and refused families, between the README markers."""
+    """Markdown tables of supported and refused families, between the markers of `docs/architectures.md`."""
     rows = [
         "| model_type | strategy | oldest transformers | runtimes that apply the baked offset (how checked) "
         "| other readers run (slow tier) | llama.cpp control vector | how |",

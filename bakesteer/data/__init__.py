@@ -1,0 +1,1 @@
+"""Shipped prompt sets (refusal and sentiment pairs, eval and demo prompts) and the reference text."""

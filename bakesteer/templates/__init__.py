@@ -1,0 +1,1 @@
+"""Templates of the files a remote-code output carries (``modeling_steered.py``)."""

@@ -37,10 +37,10 @@ def main() -> None:
     parser.add_argument("--no-smollm2", action="store_true")
     args = parser.parse_args()
 
-    import bakesteer
-    from bakesteer import ConvertOptions, convert
     from fixtures import FIXTURES
 
+    import bakesteer
+    from bakesteer import ConvertOptions, convert
     from bakesteer.errors import UnsupportedArchitectureError
 
     manifest: dict[str, dict[str, str]] = {}
