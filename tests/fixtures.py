@@ -217,7 +217,9 @@ def as_transformers4_layout(directory: Path, *, rope_theta: float, rope_scaling:
     return directory
 
 
-def compare_with_hooked(output: Path, source: Path, ids: Any, *, dtype: Any, spec: str = "llama") -> dict[str, float]:
+def compare_with_hooked(
+    output: Path, source: Path, ids: Any, *, dtype: Any, spec: str = "llama", trust_remote_code: bool = False
+) -> dict[str, float]:
     """A written checkpoint against its source steered by hooks, measured here and not by bakesteer's validator:
     ``baked_vs_hooked`` and ``baked_vs_base`` are max |Δlogit| / max |logit| on ``ids`` in ``dtype``; ``floor`` is the
     hooked model in ``dtype`` against the hooked model in float32 (0 in float32). A GGUF ``source`` is dequantized
@@ -247,7 +249,7 @@ def compare_with_hooked(output: Path, source: Path, ids: Any, *, dtype: Any, spe
     def rel(a: Any, b: Any) -> float:
         return float((a - b).abs().max() / b.abs().max())
 
-    baked = logits(output, dtype, hooked=False)
+    baked = logits(output, dtype, hooked=False, trust_remote_code=trust_remote_code)
     hooked = logits(where, dtype, hooked=True, **kwargs)
     base = logits(where, dtype, hooked=False, **kwargs)
     exact = logits(where, torch.float32, hooked=True, **kwargs) if dtype != torch.float32 else hooked

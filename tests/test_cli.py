@@ -137,3 +137,25 @@ def test_docs_document_every_option() -> None:
     for f in ConvertOptions.fields_in():
         flag = (f.metadata.get("flag") or "--" + f.name.replace("_", "-")).split("/")[0]
         assert f"`{flag}" in page, f"the options table of docs/usage.md misses {flag}"
+
+
+def test_demo_report_shows_each_answer_with_its_score() -> None:
+    from types import SimpleNamespace
+
+    from bakesteer.display import demo_report
+
+    metrics = {"kl": 0.4, "perplexity": 22.7, "fluency": 3.1, "repetition": 0.02, "concept": 1.69}
+    metrics |= {"refusal_rate": {"positive": 0.0, "negative": 0.0}, "refusal_score": -1.0}
+    report = SimpleNamespace(
+        concept={"layer": 19},
+        eval_set={"prompts": 8},
+        settings={"max_new_tokens": 40},
+        metrics={"base": {**metrics, "kl": 0.0, "concept": 0.76}, "model": metrics},
+        alpha=0.5,
+    )
+    result = SimpleNamespace(report=report, answers=[("Describe the sea.", "It is grey.", 0.05, "It is lovely!", 1.73)])
+    lines = demo_report(result).splitlines()
+    assert "> Describe the sea." in lines
+    assert "  base  [0.05]: It is grey." in lines and "  baked [1.73]: It is lovely!" in lines
+    assert lines[-1].split()[:6] == ["k=0.5", "0.4", "22.7", "3.1", "0.020", "1.690"]
+    assert "read by the base model at layer 19" in lines[1]

@@ -32,10 +32,15 @@ def gguf() -> Path:
 def test_smollm2_gguf_converts_and_reloads(gguf: Path, tmp_path: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from fixtures import compare_with_hooked
+
+    from bakesteer.validation import FP32_TOLERANCE
+
     result = convert(str(gguf), tmp_path / "out", ConvertOptions(alpha=1.0))
-    v = result.validation
     assert result.band == (12, 27)
-    assert v.passed and v.relative_diff <= 1e-4 and v.greedy_equal and v.base_relative_diff > 0.05
+    ids = _chat_ids(AutoTokenizer.from_pretrained(result.output), "Give me three tips for keeping houseplants alive.")
+    measured = compare_with_hooked(result.output, gguf, ids, dtype=torch.float32)
+    assert measured["baked_vs_hooked"] <= FP32_TOLERANCE < 0.05 < measured["baked_vs_base"], measured
     meta = json.loads((result.output / "bakesteer.json").read_text())
     config = json.loads((result.output / "config.json").read_text())
     assert "quantization_config" not in config and config["mlp_bias"] is True
@@ -142,3 +147,21 @@ def test_sentiment_sweep_tracks_k_and_agrees_with_a_lexicon_judge(gguf: Path, tm
     base_ppl = result.run(0.0).metrics["perplexity"]
     for a in (-3.0, 3.0):
         assert result.run(a).metrics["perplexity"] >= 5 * base_ppl, (a, base_ppl)
+
+
+def test_demo_shows_a_shift_a_newcomer_can_see(tmp_path: Path) -> None:
+    """`make demo`: the sentiment pair at k = 0.5 moves every shown answer towards joyful, and the text stays fluent
+    (fluency within the --alpha auto rule's 2x of the base)."""
+    from bakesteer.demo import DEMO_K, run_demo
+    from bakesteer.display import demo_report
+
+    result = run_demo(tmp_path / "demo")
+    base, model = result.report.metrics["base"], result.report.metrics["model"]
+    assert result.conversion.alpha == DEMO_K == 0.5
+    assert model["concept"] > base["concept"] + 0.5, (base, model)
+    assert model["fluency"] < 2 * base["fluency"], (base, model)
+    assert len(result.answers) == 3
+    for _, base_text, base_score, baked_text, baked_score in result.answers:
+        assert base_text != baked_text and baked_score > base_score
+    text = demo_report(result)
+    assert text.count("  baked [") == 3 and f"k={DEMO_K:g}" in text
