@@ -30,9 +30,8 @@ def gguf() -> Path:
 
 
 def test_smollm2_gguf_converts_and_reloads(gguf: Path, tmp_path: Path) -> None:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     from fixtures import compare_with_hooked
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from bakesteer.validation import FP32_TOLERANCE
 
