@@ -75,9 +75,12 @@ def run_demo(output: Path, *, alpha: float = DEMO_K, overwrite: bool = False) ->
     from bakesteer.pipeline import convert
 
     gguf = smollm2_gguf()
-    pair = {"positive": data_file(DEMO_POSITIVE), "negative": data_file(DEMO_NEGATIVE)}
-    conversion = convert(str(gguf), output, ConvertOptions(alpha=alpha, overwrite=overwrite, **pair))
-    measure = ConvertOptions(**pair, eval_prompts=data_file(DEMO_PROMPTS), max_new_tokens=DEMO_TOKENS)
+    positive, negative = data_file(DEMO_POSITIVE), data_file(DEMO_NEGATIVE)
+    bake = ConvertOptions(alpha=alpha, overwrite=overwrite, positive=positive, negative=negative)
+    conversion = convert(str(gguf), output, bake)
+    measure = ConvertOptions(
+        positive=positive, negative=negative, eval_prompts=data_file(DEMO_PROMPTS), max_new_tokens=DEMO_TOKENS
+    )
     report = evaluate(conversion.output, base=str(gguf), options=measure)
     eval_samples = {who: [s for s in report.samples[who] if s["set"] == "eval"] for who in ("base", "model")}
     answers = [
