@@ -17,7 +17,7 @@ from bakesteer.options import ConvertOptions
 from bakesteer.placement import Placement
 from bakesteer.prompts import load_prompt_set, render_prompts
 from bakesteer.source import find_weights
-from bakesteer.validation import reference_outputs, validate_checkpoint
+from bakesteer.validation import FP32_TOLERANCE, reference_outputs, validate_checkpoint
 from bakesteer.writer import write_weights
 
 SPEC = REGISTRY["llama"]
@@ -74,8 +74,16 @@ def test_wrong_offsets_fail_on_logits(setup, llama_sharded_dir: Path, tmp_path: 
     keys = _write(llama_sharded_dir, model, 1.01 * offsets, tmp_path / "bad")  # 1% too strong
     with pytest.raises(ValidationError) as info:
         _check(tmp_path / "bad", reference, probes, keys)
-    assert info.value.check == "logits"
-    assert info.value.report["relative_diff"] > 1e-4
+    err = info.value
+    assert err.check == "logits"
+    assert err.report["relative_diff"] > 1e-4
+    # the numbers it compared travel as attributes, and the message prints them
+    assert (err.measured, err.bound) == (err.report["relative_diff"], err.report["tolerance"]) == (
+        err.measured,
+        FP32_TOLERANCE,
+    )
+    assert f"{err.measured:.3g} of max|logit|, above the tolerance {err.bound:.3g}" in str(err)
+    assert not isinstance(err, AssertionError)  # `python -O` cannot strip it, and pytest does not mistake it
 
 
 def test_ignored_flag_fails_on_keys(setup, llama_sharded_dir: Path, tmp_path: Path) -> None:
