@@ -560,6 +560,41 @@ def export(
             click.echo(display.export_line(item))
 
 
+#: Exit status of ``verify`` when the output is not its base plus the stated offsets (as a failed validation).
+EXIT_NOT_VERIFIED = 3
+
+
+@command(
+    click.argument("target"),
+    click.option(
+        "--base",
+        help="The base, when it is not the recorded Hub revision: a directory, a .gguf file or OWNER/NAME[@REVISION].",
+    ),
+    click.option(
+        "--report", type=click.Path(path_type=Path, dir_okay=False), help="Write the comparison as JSON to this file."
+    ),
+)
+def verify(target: str, base: str | None, report: Path | None, quiet: bool) -> None:
+    """Prove that TARGET (an output directory, or OWNER/NAME on the Hub) is exactly its base plus the offsets its
+    bakesteer.json states, and nothing else. Exit 0 when it is, 3 naming every difference."""
+    from bakesteer.verify import verify as run_verify
+
+    if report is not None:
+        from bakesteer.writer import check_file_target
+
+        check_file_target(report, "--report")
+    result = run_verify(target, base=base)
+    if report is not None:
+        write_json(report, result.to_dict(), sort_keys=False)
+    for difference in result.differences:
+        click.echo(f"  {difference}", err=True)
+    click.echo(result.verdict(), err=not result.ok)
+    if not result.ok:
+        sys.exit(EXIT_NOT_VERIFIED)
+    if not quiet and result.downloaded_bytes:
+        click.echo(f"  downloaded {result.downloaded_bytes / 2**20:.2f} MiB in {result.seconds:.1f} s")
+
+
 @command(
     click.option(
         "--output",

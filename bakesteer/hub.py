@@ -62,7 +62,7 @@ _STATUS = {
 }
 
 
-def _hub_error(repo_id: str, err: BaseException, action: str = "push to") -> HubError | None:
+def hub_error_of(repo_id: str, err: BaseException, action: str = "push to") -> HubError | None:
     """The :class:`HubError` for a failed Hub call, or ``None`` if ``err`` is not one.
 
     The client wraps a failed LFS upload in a ``RuntimeError`` ("Error while uploading ..."), so the cause chain is
@@ -145,7 +145,7 @@ def push(
     except NotPushableError:
         raise
     except Exception as err:
-        hub_error = _hub_error(repo_id, err)
+        hub_error = hub_error_of(repo_id, err)
         if hub_error is None:
             raise
         logger.debug("push failed: %r", err, exc_info=True)
@@ -246,7 +246,7 @@ def published_state(repo_id: str, branch: str | None = None, *, token: str | Non
             return PublishedState(None, f"no {RECORD_FILE} in the repository", info.sha)
         record = _remote_record(api, repo_id, info.sha)
     except Exception as err:
-        hub_error = _hub_error(repo_id, err, action="read")
+        hub_error = hub_error_of(repo_id, err, action="read")
         if hub_error is None:
             raise
         raise hub_error from None
@@ -282,7 +282,7 @@ def check_token(*, token: str | None = None) -> str:
     except LocalTokenNotFoundError:
         raise HubError("the Hub", 401, "no token", _STATUS[401][1], action="token check at") from None
     except Exception as err:
-        hub_error = _hub_error("the Hub", err, action="token check at")
+        hub_error = hub_error_of("the Hub", err, action="token check at")
         if hub_error is None:
             raise
         raise hub_error from None

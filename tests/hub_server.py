@@ -46,6 +46,8 @@ class HubState:
         #: Called as ``hook(repo_id, branch)`` just before a commit is applied (to simulate a concurrent writer).
         self.before_commit: Any = None
         self.requests: list[tuple[str, str]] = []
+        #: Bytes of file content served by ``/resolve/`` (GET), per repository.
+        self.bytes_served: dict[str, int] = {}
         #: Tracebacks of handler failures (a test fixture asserts there are none, unless the server crashed).
         self.errors: list[str] = []
         self.crashed = False
@@ -317,6 +319,8 @@ class Handler(BaseHTTPRequestHandler):
             headers = {"ETag": f'"{etag}"', "X-Repo-Commit": sha, "Content-Type": "application/octet-stream"}
             if kind == "lfs":
                 headers.update({"X-Linked-Etag": f'"{etag}"', "X-Linked-Size": str(len(data))})
+            if not head:
+                st.bytes_served[repo_id] = st.bytes_served.get(repo_id, 0) + len(data)
             return self._send(200, data, headers, head=head)
         return self._error(404, f"no route {path}")
 

@@ -78,9 +78,13 @@ def test_wrong_offsets_fail_on_logits(setup, llama_sharded_dir: Path, tmp_path: 
     assert err.check == "logits"
     assert err.report["relative_diff"] > 1e-4
     # the numbers it compared travel as attributes, and the message prints them
-    assert (err.measured, err.bound) == (err.report["relative_diff"], err.report["tolerance"]) == (
-        err.measured,
-        FP32_TOLERANCE,
+    assert (
+        (err.measured, err.bound)
+        == (err.report["relative_diff"], err.report["tolerance"])
+        == (
+            err.measured,
+            FP32_TOLERANCE,
+        )
     )
     assert f"{err.measured:.3g} of max|logit|, above the tolerance {err.bound:.3g}" in str(err)
     assert not isinstance(err, AssertionError)  # `python -O` cannot strip it, and pytest does not mistake it
