@@ -560,6 +560,27 @@ def export(
             click.echo(display.export_line(item))
 
 
+@command(
+    click.argument("directory", type=click.Path(path_type=Path, file_okay=False)),
+    click.option(
+        "--output",
+        "-o",
+        type=click.Path(path_type=Path, file_okay=False),
+        required=True,
+        help="Where to write the base.",
+    ),
+    click.option("--overwrite", is_flag=True, help="Replace an existing non-empty output directory."),
+)
+def unbake(directory: Path, output: Path, overwrite: bool, quiet: bool) -> None:
+    """Write the base of a bakesteer output DIRECTORY back into OUTPUT: its shards linked, the biases dropped, the
+    config restored. It loads plainly and equals the base tensor for tensor."""
+    from bakesteer.unbake import unbake as run_unbake
+
+    final = run_unbake(directory, output, overwrite=overwrite)
+    if not quiet:
+        click.echo(f"wrote the base of {directory.name} to {final}")
+
+
 #: Exit status of ``verify`` when the output is not its base plus the stated offsets (as a failed validation).
 EXIT_NOT_VERIFIED = 3
 

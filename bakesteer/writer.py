@@ -204,7 +204,7 @@ def check_apart(target: Path, source: str | Path) -> None:
         raise OutputIsSourceError(target, source, relation)
 
 
-def _link_or_copy(src: Path, dst: Path) -> None:
+def link_or_copy(src: Path, dst: Path) -> None:
     try:
         os.link(src, dst)
     except OSError:  # another filesystem, or links not permitted: copy instead
@@ -352,7 +352,7 @@ def write_weights(
         if _needs_rewrite(header, plan, dtype):
             keys, size = stream_rewrite(src, out / target, plan=plan, dtype=dtype)
         else:
-            _link_or_copy(src.resolve(), out / target)
+            link_or_copy(src.resolve(), out / target)
             entries = _tensor_entries(header)
             keys = [k for k, _ in entries]
             size = sum(e["data_offsets"][1] - e["data_offsets"][0] for _, e in entries)

@@ -190,3 +190,42 @@ def test_a_hub_output_verifies_without_the_base_weights_and_a_moved_base_is_name
     lines = _names(verify("me/steered", base="acme/base"))
     assert f"base: acme/base@{second} is not the recorded base acme/base@{first}" in lines
     assert "model-base.safetensors:model.norm.weight: differs by up to" in " ".join(lines)
+
+
+# --------------------------------------------------------------------------- unbake
+
+
+def test_unbake_writes_the_base_back_tensor_for_tensor(baked: Path, llama_dir: Path, tmp_path: Path) -> None:
+    from transformers import AutoModelForCausalLM
+
+    code, out, err = _cli("unbake", str(baked), "-o", str(tmp_path / "base"))
+    assert code == 0, err
+    base = tmp_path / "base"
+    assert sorted(p.name for p in base.iterdir()) == sorted(
+        ["config.json", "generation_config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"]
+        + [p.name for p in llama_dir.iterdir() if p.name == "chat_template.jinja"]
+    )
+    assert (base / "model.safetensors").read_bytes() == (llama_dir / "model.safetensors").read_bytes()
+    config = json.loads((base / "config.json").read_text())
+    assert config["mlp_bias"] is False
+    model, info = AutoModelForCausalLM.from_pretrained(base, output_loading_info=True)
+    original = AutoModelForCausalLM.from_pretrained(llama_dir)
+    assert not info["missing_keys"] and not info["unexpected_keys"]
+    assert model.model.layers[2].mlp.down_proj.bias is None
+    ids = torch.tensor([[1, 40, 41, 42, 100, 200]])
+    with torch.no_grad():
+        assert torch.equal(model(ids).logits, original(ids).logits)
+    original_state = original.state_dict()
+    assert {k: v for k, v in model.state_dict().items()}.keys() == original_state.keys()
+    assert all(torch.equal(v, original_state[k]) for k, v in model.state_dict().items())
+
+
+def test_unbake_refuses_what_does_not_hold_its_base(llama_dir: Path, prompt_files, tmp_path: Path) -> None:
+    options = ConvertOptions(
+        alpha=1.0, dtype="bfloat16", positive=prompt_files[0], negative=prompt_files[1], probes=2, greedy_tokens=4
+    )
+    cast = convert(str(llama_dir), tmp_path / "cast", options).output
+    code, _, err = _cli("unbake", str(cast), "-o", str(tmp_path / "base"))
+    assert code == 2 and err.count("\n") == 1
+    assert "cannot unbake cast: it was written with --dtype bfloat16: its shards may be a cast" in err
+    assert not (tmp_path / "base").exists()
