@@ -199,6 +199,7 @@ def test_unbake_writes_the_base_back_tensor_for_tensor(baked: Path, llama_dir: P
     from transformers import AutoModelForCausalLM
 
     code, out, err = _cli("unbake", str(baked), "-o", str(tmp_path / "base"))
+    assert out == f"wrote the base of out to {tmp_path / 'base'}\n"
     assert code == 0, err
     base = tmp_path / "base"
     assert sorted(p.name for p in base.iterdir()) == sorted(
