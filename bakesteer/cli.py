@@ -581,6 +581,24 @@ def unbake(directory: Path, output: Path, overwrite: bool, quiet: bool) -> None:
         click.echo(f"wrote the base of {directory.name} to {final}")
 
 
+@command(
+    click.argument("model"),
+    click.option("--base", help="Its base: the offsets are the difference of the two checkpoints' MLP output biases."),
+    click.option(
+        "--vector",
+        type=click.Path(path_type=Path, dir_okay=False),
+        help="A steering.safetensors: report each offset's cosine with its direction c_l.",
+    ),
+)
+def audit(model: str, base: str | None, vector: Path | None, quiet: bool) -> None:
+    """Find steering in MODEL (any checkpoint): per block, the MLP output offset's norm, its dose |v|/mu, the cosine
+    with the previous block's and (with --vector) with c_l; or "no steering found"."""
+    from bakesteer.audit import audit as run_audit
+
+    report = run_audit(model, base=base, vector=vector)
+    click.echo("\n".join(report.lines()))
+
+
 #: Exit status of ``verify`` when the output is not its base plus the stated offsets (as a failed validation).
 EXIT_NOT_VERIFIED = 3
 

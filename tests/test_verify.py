@@ -230,3 +230,47 @@ def test_unbake_refuses_what_does_not_hold_its_base(llama_dir: Path, prompt_file
     assert code == 2 and err.count("\n") == 1
     assert "cannot unbake cast: it was written with --dtype bfloat16: its shards may be a cast" in err
     assert not (tmp_path / "base").exists()
+
+
+# --------------------------------------------------------------------------- audit
+
+
+def test_audit_finds_nothing_in_a_clean_model_and_the_recorded_band_and_dose_in_a_bake(
+    baked: Path, llama_dir: Path
+) -> None:
+    import math
+
+    from bakesteer.audit import audit
+
+    code, out, _ = _cli("audit", str(llama_dir))
+    assert code == 0 and out == "no steering found in llama (5 blocks, no MLP output offset)\n"
+
+    record = json.loads((baked / "bakesteer.json").read_text())["method"]
+    report = audit(str(baked), vector=baked / "steering.safetensors")
+    assert report.band == (record["band"]["start"], record["band"]["end_exclusive"]) == (1, 4)
+    for reading in report.layers:  # the recorded relative strength |k| / sqrt(d_model)
+        assert reading.dose == pytest.approx(abs(record["k"]) / math.sqrt(64), rel=1e-6)
+        assert reading.cosine_vector == pytest.approx(-1.0, abs=1e-6)  # k < 0: against c_l
+    assert report.layers[0].cosine_previous is None and report.layers[1].cosine_previous is not None
+    code, out, _ = _cli("audit", str(baked), "--base", str(llama_dir))
+    lines = out.splitlines()
+    assert code == 0 and lines[0].startswith("steering found in out: blocks 1-3 (3 of 5), dose |v|/mu 0.09375")
+    assert lines[0].endswith("(mu from its bakesteer.json)") and len(lines) == 5
+
+
+def test_audit_of_a_foreign_checkpoint_measures_mu_on_the_shipped_prompts(
+    baked: Path, llama_dir: Path, tmp_path: Path
+) -> None:
+    import math
+
+    from bakesteer.audit import audit
+
+    copy = _copy(baked, tmp_path)
+    k = json.loads((copy / "bakesteer.json").read_text())["method"]["k"]
+    for name in ("bakesteer.json", "steering.safetensors", "README.md", "mu.png"):
+        (copy / name).unlink()  # steering without its record, as someone else might ship it
+    report = audit(str(copy), base=str(llama_dir))
+    assert report.band == (1, 4) and report.mu_from == "the shipped prompt sets through llama"
+    # mu from the 139 + 139 shipped prompts instead of the bake's 12 + 12: the dose is |k|/sqrt(d) to within 25%
+    for reading in report.layers:
+        assert reading.dose == pytest.approx(abs(k) / math.sqrt(64), rel=0.25)
