@@ -3,6 +3,7 @@ plot of ``mu_l`` by layer saved beside the weights. Nothing local (paths, user n
 
 from __future__ import annotations
 
+import hashlib
 import json
 from importlib import resources
 from pathlib import Path
@@ -99,20 +100,16 @@ def card_template(name: str = "bakesteer.md.j2") -> str:
     return (Path(__file__).resolve().parents[1] / "model_cards" / name).read_text(encoding="utf-8")
 
 
-def render_card(record: Record, *, license_: dict[str, str] | None = None) -> str:
-    """The model card text (YAML front matter and body) for a conversion's record."""
-    from huggingface_hub import ModelCard, ModelCardData
+def _card_data(record: Record, concept: str, license_: dict[str, str] | None, bias_sha256: str | None) -> Any:
+    """The card's YAML: Hub metadata, the source's license, and the claim ``verify`` checks."""
+    from huggingface_hub import ModelCardData
 
-    method, arch, v = record.method, record.architecture, record.validation
-    base = record.base_model
-    positive, negative = record.calibration["positive"], record.calibration["negative"]
-    concept = "refusal" if positive["name"].startswith("default:") else "custom-direction"
-    names = (positive["name"].removeprefix("default:"), negative["name"].removeprefix("default:"))
+    base, method = record.base_model, record.method
     remote = record.strategy == "remote_code"
     tags = ["bakesteer", "steering", concept] + (["custom_code"] if remote else [])
     # base_model_relation is left unset: the Hub's relations (adapter, merge, quantized, finetune) describe training,
     # merging or compression, and a baked bias is none of them; base_model still links the source.
-    data = ModelCardData(
+    return ModelCardData(
         base_model=base["model_id"] if base["kind"] == "hub" else None,
         library_name="transformers",
         pipeline_tag="text-generation",
@@ -120,7 +117,31 @@ def render_card(record: Record, *, license_: dict[str, str] | None = None) -> st
         license=(license_ or {}).get("license"),
         license_name=(license_ or {}).get("license_name"),
         license_link=(license_ or {}).get("license_link"),
+        base_model_revision=base["revision"],
+        bakesteer={
+            "k": method["k"],
+            "band": [method["band"]["start"], method["band"]["end_exclusive"]],
+            "dose": method["relative_strength"],
+            "bias_shard_sha256": bias_sha256,
+        },
     )
+
+
+def render_card(record: Record, *, license_: dict[str, str] | None = None, bias_sha256: str | None = None) -> str:
+    """The model card text (YAML front matter and body) for a conversion's record.
+
+    Args:
+        bias_sha256: SHA-256 of the bias shard, for the YAML's ``bakesteer`` block (``verify`` recomputes it).
+    """
+    from huggingface_hub import ModelCard
+
+    method, arch, v = record.method, record.architecture, record.validation
+    base = record.base_model
+    positive, negative = record.calibration["positive"], record.calibration["negative"]
+    concept = "refusal" if positive["name"].startswith("default:") else "custom-direction"
+    names = (positive["name"].removeprefix("default:"), negative["name"].removeprefix("default:"))
+    remote = record.strategy == "remote_code"
+    data = _card_data(record, concept, license_, bias_sha256)
     flags = ", ".join(f"{k}={json.dumps(val)}" for k, val in arch["config_updates"].items())
     template = card_template()
     sweep = record.sweep
@@ -158,6 +179,8 @@ def render_card(record: Record, *, license_: dict[str, str] | None = None) -> st
         v=v,
         readers=record.readers,
         command=command_line(record),
+        verify_command=verify_command(record),
+        verify_base={"local": "directory", "gguf": "GGUF file"}.get(base["kind"]),
         fingerprint=record.fingerprint,
         calibration_prompts=positive["calibration"] + negative["calibration"],
         auto=method.get("k_chosen_by") == "sweep",
@@ -174,6 +197,14 @@ def render_card(record: Record, *, license_: dict[str, str] | None = None) -> st
     return str(card)
 
 
+def verify_command(record: Record) -> str:
+    """The ``bakesteer verify`` command a downloader runs (``REPO_ID`` until ``push`` fills it in)."""
+    base = record.base_model
+    if base["kind"] == "hub":
+        return f"bakesteer verify {REPO_PLACEHOLDER}"
+    return f"bakesteer verify {REPO_PLACEHOLDER} --base {base['model_id']}"
+
+
 def write_card(directory: Path, record: Record, *, license_: dict[str, str] | None = None) -> None:
     """Write ``README.md``, ``mu.png`` and, after ``--alpha auto``, ``sweep.png`` into ``directory``."""
     from bakesteer.plots import plot_mu, plot_sweep
@@ -181,4 +212,8 @@ def write_card(directory: Path, record: Record, *, license_: dict[str, str] | No
     (directory / MU_PLOT).write_bytes(plot_mu(record.method["mu"], record.band))
     if record.sweep:
         (directory / SWEEP_PLOT).write_bytes(plot_sweep(record.sweep["runs"], chosen=record.k))
-    (directory / CARD_FILE).write_text(render_card(record, license_=license_), encoding="utf-8")
+    from bakesteer.writer import NEW_SHARD
+
+    shard = directory / NEW_SHARD
+    digest = hashlib.sha256(shard.read_bytes()).hexdigest() if shard.is_file() else None
+    (directory / CARD_FILE).write_text(render_card(record, license_=license_, bias_sha256=digest), encoding="utf-8")

@@ -50,7 +50,8 @@ def _for_repo(name: str, path: Path, repo_id: str) -> Path | bytes:
     """What is uploaded for a local file: the card gets its usage snippet pointed at ``repo_id``; the rest as is."""
     if name != CARD_FILE:
         return path
-    return path.read_bytes().replace(f'"{REPO_PLACEHOLDER}"'.encode(), f'"{repo_id}"'.encode())
+    text = path.read_bytes().replace(f'"{REPO_PLACEHOLDER}"'.encode(), f'"{repo_id}"'.encode())
+    return text.replace(f"bakesteer verify {REPO_PLACEHOLDER}".encode(), f"bakesteer verify {repo_id}".encode())
 
 
 _STATUS = {

@@ -274,3 +274,29 @@ def test_audit_of_a_foreign_checkpoint_measures_mu_on_the_shipped_prompts(
     # mu from the 139 + 139 shipped prompts instead of the bake's 12 + 12: the dose is |k|/sqrt(d) to within 25%
     for reading in report.layers:
         assert reading.dose == pytest.approx(abs(k) / math.sqrt(64), rel=0.25)
+
+
+def test_the_card_says_how_to_verify_and_its_yaml_carries_the_claim(baked: Path, llama_dir: Path) -> None:
+    import hashlib
+
+    from huggingface_hub import ModelCard
+
+    card = ModelCard.load(baked / "README.md")
+    record = json.loads((baked / "bakesteer.json").read_text())
+    data = card.data.to_dict()
+    assert data["base_model_revision"] == record["base_model"]["revision"]
+    assert data["bakesteer"] == {
+        "k": -0.75,
+        "band": [1, 4],
+        "dose": record["method"]["relative_strength"],
+        "bias_shard_sha256": hashlib.sha256((baked / BIAS).read_bytes()).hexdigest(),
+    }
+    assert "```bash\nbakesteer verify REPO_ID --base llama\n```" in card.text
+
+
+def test_a_pushed_card_names_its_repository_in_the_verify_command(hub, baked: Path) -> None:
+    from bakesteer.hub import push
+
+    push(baked, "me/verify-card")
+    _, files = hub.state.files("me/verify-card", "main")
+    assert "bakesteer verify me/verify-card --base llama" in files["README.md"][1].decode()
