@@ -60,6 +60,11 @@ def test_entry_bakes_exactly(model_type: str, dtype: str, sources, prompt_files,
         result.output, src, ids, dtype=getattr(torch, dtype), spec=model_type, trust_remote_code=remote
     )
     assert measured["baked_vs_base"] > 1e-2, measured  # baked != base
+    # every file is its base's plus the stated offsets (linked, rewritten, remapped or remote code alike)
+    from bakesteer.verify import verify
+
+    report = verify(result.output, base=str(src))
+    assert report.ok, [str(d) for d in report.differences]
     if dtype == "float32":
         assert measured["baked_vs_hooked"] <= FP32_TOLERANCE, measured
     else:  # both sit about one floor from the float32 truth (the validator's rule, measured here again)

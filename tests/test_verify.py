@@ -191,6 +191,14 @@ def test_a_hub_output_verifies_without_the_base_weights_and_a_moved_base_is_name
     assert f"base: acme/base@{second} is not the recorded base acme/base@{first}" in lines
     assert "model-base.safetensors:model.norm.weight: differs by up to" in " ".join(lines)
 
+    # what cannot be reached is one line, exit 2
+    for target, needle in (
+        (["me/nothing-here"], "read me/nothing-here failed: repository or branch not found"),
+        (["me/steered", "--base", "acme/gone"], "read acme/gone failed: repository or branch not found"),
+    ):
+        code, _, err = _cli("verify", *target)
+        assert code == 2 and err.count("\n") == 1 and needle in err, err
+
 
 # --------------------------------------------------------------------------- unbake
 
@@ -300,3 +308,23 @@ def test_a_pushed_card_names_its_repository_in_the_verify_command(hub, baked: Pa
     push(baked, "me/verify-card")
     _, files = hub.state.files("me/verify-card", "main")
     assert "bakesteer verify me/verify-card --base llama" in files["README.md"][1].decode()
+
+
+def test_a_rewritten_shard_is_rebuilt_and_a_changed_bias_in_it_is_named(
+    models_dir: Path, prompt_files, tmp_path: Path
+) -> None:
+    """GPT-2 carries its MLP output bias already: the offset is added to it, so its shard is rewritten, not linked."""
+    from fixtures import FIXTURES
+
+    source = FIXTURES["gpt2"](tmp_path / "gpt2")
+    options = ConvertOptions(alpha=1.0, positive=prompt_files[0], negative=prompt_files[1], probes=2, greedy_tokens=4)
+    out = convert(str(source), tmp_path / "out", options).output
+    report = verify(out, base=str(source))
+    assert report.ok and report.linked == []  # rebuilt from the base's shard, byte for byte
+    with safe_open(str(out / "model.safetensors"), framework="pt") as handle:
+        tensors = {key: handle.get_tensor(key) for key in handle.keys()}
+        metadata = handle.metadata()
+    tensors["transformer.h.3.mlp.c_proj.bias"][0] += 0.5
+    save_file(tensors, str(out / "model.safetensors"), metadata=metadata)
+    (line,) = _names(verify(out, base=str(source)))
+    assert line == "model.safetensors:transformer.h.3.mlp.c_proj.bias: differs by up to 0.5 (layer 3)"
