@@ -124,7 +124,8 @@ def test_server_dies_mid_upload(
     assert code == 0, err
     _, files = hub.state.files("me/crash", "main")
     expected = {p.name: p.read_bytes() for p in out.iterdir()}
-    expected["README.md"] = expected["README.md"].replace(b'"REPO_ID"', b'"me/crash"')  # the card names its repo
+    card = expected["README.md"].replace(b'"REPO_ID"', b'"me/crash"')  # the card names its repo, twice
+    expected["README.md"] = card.replace(b"bakesteer verify REPO_ID", b"bakesteer verify me/crash")
     assert {name: data for name, (_, data) in files.items()} == expected
 
 
