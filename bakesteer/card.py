@@ -3,7 +3,6 @@ plot of ``mu_l`` by layer saved beside the weights. Nothing local (paths, user n
 
 from __future__ import annotations
 
-import hashlib
 import json
 from importlib import resources
 from pathlib import Path
@@ -212,8 +211,9 @@ def write_card(directory: Path, record: Record, *, license_: dict[str, str] | No
     (directory / MU_PLOT).write_bytes(plot_mu(record.method["mu"], record.band))
     if record.sweep:
         (directory / SWEEP_PLOT).write_bytes(plot_sweep(record.sweep["runs"], chosen=record.k))
+    from bakesteer.source import sha256_contents
     from bakesteer.writer import NEW_SHARD
 
     shard = directory / NEW_SHARD
-    digest = hashlib.sha256(shard.read_bytes()).hexdigest() if shard.is_file() else None
+    digest = sha256_contents(shard) if shard.is_file() else None
     (directory / CARD_FILE).write_text(render_card(record, license_=license_, bias_sha256=digest), encoding="utf-8")

@@ -97,6 +97,11 @@ def sha256_file(path: Path) -> str:
 
 @functools.lru_cache(maxsize=1024)
 def _sha256_of(path: str, device: int, inode: int, size: int, mtime_ns: int) -> str:
+    return sha256_contents(Path(path))
+
+
+def sha256_contents(path: Path) -> str:
+    """SHA-256 of a file, read now (no cache: ``verify`` must see a file changed within the same clock tick)."""
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for chunk in iter(lambda: handle.read(1 << 22), b""):
@@ -222,7 +227,8 @@ def _resolve_hub(model: str, revision: str | None) -> ModelSource:
     return source
 
 
-def _is_path(model: str) -> bool:
+def is_path(model: str) -> bool:
+    """Whether ``model`` names a local directory or file rather than a Hub id."""
     path = Path(model).expanduser()
     return path.exists() or model.endswith(".gguf") or model.startswith((".", "/", "~")) or model.count("/") > 1
 
@@ -237,7 +243,7 @@ def source_identity(model: str, *, revision: str | None = None) -> dict[str, Any
     """
     from huggingface_hub import constants
 
-    if _is_path(model) or constants.HF_HUB_OFFLINE:
+    if is_path(model) or constants.HF_HUB_OFFLINE:
         return resolve_source(model, revision=revision).describe()
     from huggingface_hub import HfApi
 
@@ -286,7 +292,7 @@ def resolve_source(model: str, *, revision: str | None = None) -> ModelSource:
         source = ModelSource("local", path.resolve().name, "", path, None, files, index)
         check_source_files(source)
         return dataclasses.replace(source, revision=directory_digest(path, files))
-    if _is_path(model):
+    if is_path(model):
         raise ModelNotFoundError(model, reason="no such file or directory")
     return _resolve_hub(model, revision)
 

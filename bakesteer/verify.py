@@ -14,7 +14,6 @@ the base by the same deterministic code that wrote them. Then every file is comp
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
@@ -38,6 +37,7 @@ from bakesteer.record import (
     VECTOR_FILE,
     Record,
 )
+from bakesteer.source import is_path, sha256_contents
 
 logger = logging.getLogger(__name__)
 
@@ -133,15 +133,6 @@ class VerifyReport:
         }
 
 
-def sha256_of(path: Path) -> str:
-    """SHA-256 (hex) of a file, read in 16 MiB chunks."""
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as handle:
-        while chunk := handle.read(1 << 24):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 # --------------------------------------------------------------------------- where the files are
 
 
@@ -157,7 +148,7 @@ class LocalFiles:
         return {p.name for p in self.directory.iterdir() if p.is_file() and not p.name.startswith(".")}
 
     def sha256(self, name: str) -> str:
-        return sha256_of(self.directory / name)
+        return sha256_contents(self.directory / name)
 
     def path(self, name: str) -> Path:
         return self.directory / name
@@ -191,7 +182,7 @@ class HubFiles:
         lfs = getattr(self.tree[name], "lfs", None)
         if lfs is not None:
             return str(lfs.sha256)
-        return sha256_of(self.path(name))
+        return sha256_contents(self.path(name))
 
     def path(self, name: str) -> Path:
         target = self.folder / name
@@ -218,10 +209,6 @@ def _hub_errors(repo_id: str) -> Iterator[None]:
         raise hub_error from None
 
 
-def _is_local(target: str) -> bool:
-    return Path(target).exists() or target.startswith((".", "/", "~")) or target.endswith(".gguf")
-
-
 def open_output(target: str, folder: Path, token: str | None = None) -> tuple[LocalFiles | HubFiles, Record]:
     """The output's files (a directory, or ``OWNER/NAME[@REVISION]`` on the Hub) and its record.
 
@@ -230,7 +217,7 @@ def open_output(target: str, folder: Path, token: str | None = None) -> tuple[Lo
     """
     from bakesteer.record import read_output
 
-    if _is_local(target):
+    if is_path(target):
         out = read_output(Path(target))
         return LocalFiles(out.directory, out.directory.name), out.record
     repo_id, _, revision = target.partition("@")
@@ -265,7 +252,7 @@ def open_base(record: Record, base: str | None, folder: Path, token: str | None 
                 hint=f"pass that base with --base (its identity is {recorded['revision']})",
             )
         return HubFiles(recorded["model_id"], recorded["revision"], folder / "base", token), differences
-    if not _is_local(base):
+    if not is_path(base):
         repo_id, _, revision = base.partition("@")
         files = HubFiles(repo_id, revision or None, folder / "base", token)
         if (repo_id, files.revision) != (recorded["model_id"], recorded["revision"]):
@@ -476,7 +463,7 @@ def _compare_files(out: Any, record: Record, base: Any, expected: _Expected, rep
         if name in rebuilt or name in weights or name in (RECORD_FILE, VECTOR_FILE):
             report.differences.append(Difference(name, "missing"))
     for name in sorted(names & rebuilt):
-        if out.sha256(name) != sha256_of(expected.folder / name):
+        if out.sha256(name) != sha256_contents(expected.folder / name):
             report.differences.append(Difference(name, _what_differs(out.path(name), expected.folder / name)))
     report.files = len(names & (rebuilt | weights | {INDEX_FILE}))
     for name in sorted(names - rebuilt - DESCRIPTIVE_FILES - weights - {INDEX_FILE}):
@@ -520,7 +507,7 @@ def _check_bias_shard(out: Any, expected: _Expected, report: VerifyReport) -> No
     wanted = _bias_shard(expected)
     rebuilt = expected.folder / NEW_SHARD
     save_file(wanted, str(rebuilt), metadata={"format": "pt"})
-    if out.sha256(NEW_SHARD) == sha256_of(rebuilt):
+    if out.sha256(NEW_SHARD) == sha256_contents(rebuilt):
         return
     found = _tensor_differences(NEW_SHARD, out.path(NEW_SHARD), wanted, expected)
     report.differences.extend(found or [Difference(NEW_SHARD, "same tensors, different header or layout")])
@@ -541,7 +528,7 @@ def _check_rewritten(
     source = base.path(counterpart)
     rebuilt = expected.folder / f"rebuilt-{name}"
     stream_rewrite(source, rebuilt, plan=expected.plan, dtype=expected.dtype, extra=extra)
-    if out.sha256(name) == sha256_of(rebuilt):
+    if out.sha256(name) == sha256_contents(rebuilt):
         return
     with safe_open(str(rebuilt), framework="pt") as handle:
         wanted = {key: handle.get_tensor(key) for key in handle.keys()}

@@ -47,16 +47,9 @@ def llama_sharded_dir(models_dir: Path) -> Path:
 @pytest.fixture(scope="session")
 def prompt_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """Small positive/negative .txt sets (12 prompts each) drawn from the shipped defaults, for fast calibration."""
-    from importlib import resources
+    from fixtures import write_prompt_files
 
-    folder = tmp_path_factory.mktemp("prompts")
-    out = []
-    for name in ("harmful.txt", "harmless.txt"):
-        lines = resources.files("bakesteer.data").joinpath(name).read_text().splitlines()[:12]
-        path = folder / name
-        path.write_text("\n".join(lines) + "\n")
-        out.append(path)
-    return out[0], out[1]
+    return write_prompt_files(tmp_path_factory.mktemp("prompts"))
 
 
 def use_endpoint(monkeypatch: pytest.MonkeyPatch, endpoint: str, cache: Path) -> None:

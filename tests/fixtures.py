@@ -173,6 +173,19 @@ FIXTURES: dict[str, Callable[..., Path]] = {
 }
 
 
+def write_prompt_files(folder: Path, count: int = 12) -> tuple[Path, Path]:
+    """Small positive/negative .txt sets (``count`` prompts each) drawn from the shipped defaults, in ``folder``."""
+    from importlib import resources
+
+    out = []
+    for name in ("harmful.txt", "harmless.txt"):
+        lines = resources.files("bakesteer.data").joinpath(name).read_text().splitlines()[:count]
+        path = Path(folder) / name
+        path.write_text("\n".join(lines) + "\n")
+        out.append(path)
+    return out[0], out[1]
+
+
 def output_tensors(directory: Path) -> dict[str, Any]:
     """Every weight tensor of a checkpoint directory, as transformers would find them (one file, or the index's
     shards), by key."""

@@ -16,7 +16,6 @@ import hashlib
 import json
 import sys
 import tempfile
-from importlib import resources
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -37,7 +36,7 @@ def main() -> None:
     parser.add_argument("--no-smollm2", action="store_true")
     args = parser.parse_args()
 
-    from fixtures import FIXTURES
+    from fixtures import FIXTURES, write_prompt_files
 
     import bakesteer
     from bakesteer import ConvertOptions, convert
@@ -47,12 +46,7 @@ def main() -> None:
     families = [f for f in args.families.split(",") if f] or sorted(FIXTURES)
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        prompts = []
-        for name in ("harmful.txt", "harmless.txt"):
-            lines = resources.files("bakesteer.data").joinpath(name).read_text().splitlines()[:12]
-            path = work / name
-            path.write_text("\n".join(lines) + "\n")
-            prompts.append(path)
+        prompts = write_prompt_files(work)
         options = ConvertOptions(
             alpha=1.0, positive=prompts[0], negative=prompts[1], probes=2, greedy_tokens=4, batch_size=4
         )
