@@ -58,7 +58,7 @@ readers: .venv-tf4/.installed .venv-mlx/.installed .venv-vllm/.installed
 	touch $@
 
 $(VENV)/.llama-cpp-python: $(VENV)/.installed
-	$(BIN)/pip install -q "llama-cpp-python==$(LLAMA_CPP_PYTHON)" -e ".[dev,llamacpp]"
+	$(BIN)/pip install -q "llama-cpp-python[server]==$(LLAMA_CPP_PYTHON)" -e ".[dev,llamacpp]"
 	touch $@
 
 llama-cpp: .cache/llama.cpp/convert_hf_to_gguf.py
@@ -82,12 +82,14 @@ lint: $(VENV)/.lint-installed
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/actionlint -no-color -pyflakes "$(BIN)/python -m pyflakes"
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
 
-bench: install
+# judge.py serves a GGUF with llama-cpp-python's own OpenAI-compatible server (its `server` extra)
+bench: install $(VENV)/.llama-cpp-python
 	$(BIN)/python benchmarks/convert.py
 	$(BIN)/python benchmarks/generation.py
 	$(BIN)/python benchmarks/calibration.py
 	$(BIN)/python benchmarks/publish.py
 	$(BIN)/python benchmarks/sweep.py
+	$(BIN)/python benchmarks/judge.py
 
 clean:
 	rm -rf $(VENV) .venv-tf4 .venv-mlx .venv-vllm demo-output build *.egg-info

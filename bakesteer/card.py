@@ -8,7 +8,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from bakesteer.metric_table import METRICS
+from bakesteer.metric_table import METRICS, present
 from bakesteer.options import ConvertOptions
 from bakesteer.record import CARD_FILE, MU_PLOT, SWEEP_PLOT, Record
 
@@ -73,20 +73,24 @@ def _fmt(value: float | None, spec: str) -> str:
     return "-" if value is None else spec % value
 
 
-def _metric_rows(evaluation: dict[str, Any] | None, *, positive: str, negative: str) -> list[tuple[str, str, str]]:
-    """The card's *Measured effect* rows: (what, this model, base model), one per metric of :data:`METRICS`."""
+def _metric_rows(evaluation: dict[str, Any] | None, *, positive: str, negative: str) -> list[tuple[str, ...]]:
+    """The card's *Measured effect* rows: (what, this model, base model[, prompted base]), one per metric of
+    :data:`METRICS` that was measured."""
     if not evaluation:
         return []
-    model, base = evaluation["metrics"]["model"], evaluation["metrics"]["base"]
+    measured = evaluation["metrics"]
+    model, base = measured["model"], measured["base"]
+    prompted = measured.get("prompted")
     layer = evaluation["concept"]["layer"]
-    return [
-        (
-            m.row.format(positive=positive, negative=negative, layer=layer),
-            m.format(model),
-            m.base_note or m.format(base),
-        )
-        for m in METRICS
-    ]
+    rubric = (evaluation.get("judge") or {}).get("rubric", {}).get("name", "")
+    rows: list[tuple[str, ...]] = []
+    for m in present(METRICS, list(measured.values())):
+        row = [m.row.format(positive=positive, negative=negative, layer=layer, rubric=rubric), m.format(model)]
+        row.append(m.base_note or m.format(base))
+        if prompted is not None:
+            row.append(m.format(prompted))
+        rows.append(tuple(row))
+    return rows
 
 
 def card_template(name: str = "bakesteer.md.j2") -> str:
@@ -145,11 +149,16 @@ def render_card(record: Record, *, license_: dict[str, str] | None = None, bias_
     template = card_template()
     sweep = record.sweep
     sweep_rows = []
-    in_sweep = [m for m in METRICS if m.sweep_header]
+    in_sweep: list[Any] = []
     if sweep:
+        in_sweep = [m for m in present(METRICS, [run["metrics"] for run in sweep["runs"]]) if m.sweep_header]
         kept = {d["alpha"]: "yes" if d["kept"] else f"no ({d['why_not']})" for d in sweep["decisions"]}
         sweep_rows = [
-            (run["alpha"], [m.format(run["metrics"]) for m in in_sweep], kept.get(run["alpha"], "reference"))
+            (
+                "prompted base" if run["mode"] == "prompted" else run["alpha"],
+                [m.format(run["metrics"]) for m in in_sweep],
+                "reference" if run["mode"] == "prompted" else kept.get(run["alpha"], "reference"),
+            )
             for run in sweep["runs"]
         ]
     card = ModelCard.from_template(

@@ -61,6 +61,19 @@ class FloatList(click.ParamType):
             self.fail(f"{value!r} is not a comma-separated list of numbers", param, ctx)
 
 
+class PromptSourceType(click.ParamType):
+    """A prompt file, or a Hub dataset ``hf://datasets/...`` (kept as text: a path would fold its ``//``)."""
+
+    name = "FILE|hf://datasets/..."
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Path | str:
+        from bakesteer.prompt_sources import is_hub_dataset
+
+        if isinstance(value, Path) or is_hub_dataset(value):
+            return value  # type: ignore[no-any-return]
+        return Path(value)
+
+
 def _click_option(f: dataclasses.Field[Any]) -> Callable[[F], F]:
     meta = f.metadata
     flag = meta.get("flag") or "--" + f.name.replace("_", "-")
@@ -70,6 +83,9 @@ def _click_option(f: dataclasses.Field[Any]) -> Callable[[F], F]:
         kwargs["type"] = AlphaType()
     elif meta.get("choices"):
         kwargs["type"] = click.Choice(meta["choices"])
+    elif meta.get("prompts"):
+        kwargs["type"] = PromptSourceType()
+        kwargs["show_default"] = False
     elif meta.get("path"):
         folder = bool(meta.get("directory"))
         kwargs["type"] = click.Path(path_type=Path, dir_okay=folder, file_okay=not folder)
@@ -234,7 +250,7 @@ _OUTPUT_DIR = click.option(
     "--output", "-o", type=click.Path(path_type=Path, file_okay=False), required=True, help="Output directory."
 )
 _ALL_GROUPS: OptionGroups = dict.fromkeys(
-    ("bake", "calibration", "validation", "runtime", "measure", "evaluate", "publish")
+    ("bake", "calibration", "validation", "runtime", "measure", "evaluate", "judge", "publish")
 )
 
 
@@ -312,7 +328,7 @@ def vector(model: str, output: Path, quiet: bool, options: ConvertOptions) -> No
         help="Steering modes: broadcast (every position, what baking does), last-token (the last prompt position "
         "and each generated token; cannot be baked).",
     ),
-    options={"bake": ("layers", "vector"), "calibration": None, "runtime": None, "measure": None},
+    options={"bake": ("layers", "vector"), "calibration": None, "runtime": None, "measure": None, "judge": None},
 )
 def sweep(
     model: str, output: Path, alphas: tuple[float, ...], modes: str, quiet: bool, options: ConvertOptions
@@ -340,6 +356,7 @@ def sweep(
         "calibration": ("positive", "negative"),
         "runtime": ("dtype", "device", "device_map", "max_memory", "offload_folder", "batch_size"),
         "measure": None,
+        "judge": None,
     },
     name="eval",
 )
@@ -354,9 +371,9 @@ def eval_(directory: Path, base: str | None, output: Path | None, quiet: bool, o
         check_output(Path(output).absolute(), overwrite=False)
         write_json(Path(output), report.to_dict())
     if not quiet:
-        click.echo(
-            display.metrics_table({"base": report.metrics["base"], f"k={report.alpha:g}": report.metrics["model"]})
-        )
+        click.echo(display.metrics_table(display.eval_rows(report.metrics, report.alpha)))
+        for line in display.degenerate_lines([(f"k={report.alpha:g}", report.metrics["model"])]):
+            click.echo(line)
 
 
 @command(
@@ -393,6 +410,8 @@ def push(
 
 #: Exit status of ``publish`` when at least one variant failed (the others were still published).
 EXIT_SOME_FAILED = 4
+#: ... and when every variant that failed was refused by the degeneration gate (as ``convert --push-to-hub``).
+EXIT_DEGENERATE = 3
 
 _PUBLISH_EPILOG = """\b
 Variants file (TOML; YAML with the same keys also works):
@@ -486,7 +505,8 @@ def publish(
     if not quiet:
         click.echo(display.publish_totals(result), err=plan_json)
     if result.failed:
-        sys.exit(EXIT_SOME_FAILED)
+        refused = all(o.degenerate for o in result.outcomes if o.status == "failed")
+        sys.exit(EXIT_DEGENERATE if refused else EXIT_SOME_FAILED)
 
 
 def _show_outcome(finished: Any, report: Path | None, *, quiet: bool, to_stderr: bool) -> Callable[[Any], None]:

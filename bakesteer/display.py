@@ -6,16 +6,59 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from bakesteer.metric_table import METRICS
+from bakesteer.metric_table import METRICS, present
 
 
 def metrics_table(rows: dict[str, dict[str, Any]]) -> str:
-    """A fixed-width table, one row per labelled metrics dict, one column per metric of ``METRICS``."""
+    """A fixed-width table, one row per labelled metrics dict, one column per metric of ``METRICS`` that the rows
+    have (an optional metric, such as the judge's, only when some row has it)."""
+    shown = present(METRICS, list(rows.values()))
     width = max(len(label) for label in rows) + 2
-    lines = [" " * width + "".join(f"{m.short:>11}" for m in METRICS)]
+    lines = [" " * width + "".join(f"{m.short:>11}" for m in shown)]
     for label, metrics in rows.items():
-        lines.append(f"{label:<{width}}" + "".join(f"{m.format(metrics):>11}" for m in METRICS))
+        lines.append(f"{label:<{width}}" + "".join(f"{m.format(metrics):>11}" for m in shown))
     return "\n".join(lines)
+
+
+def eval_rows(metrics: dict[str, dict[str, Any]], alpha: float) -> dict[str, dict[str, Any]]:
+    """An evaluation's rows: the base, the prompted base (with ``--baseline-prompt``), the checkpoint."""
+    rows = {"base": metrics["base"]}
+    if "prompted" in metrics:
+        rows["prompted base"] = metrics["prompted"]
+    rows[f"k={alpha:g}"] = metrics["model"]
+    return rows
+
+
+def _run_label(alpha: float, mode: str) -> str:
+    return "prompted base" if mode == "prompted" else f"k={alpha:g} {mode}"
+
+
+def window_lines(window: dict[str, Any] | None) -> list[str]:
+    """The window of k where the effect is present and coherence holds, with its dose, on each side."""
+    if not window:
+        return []
+    lines = []
+    for side in ("positive", "negative"):
+        found = window.get(side)
+        what = f"effect {window['effect']} moved >= {window['threshold']:g} from k=0, coherent"
+        if found:
+            lo, hi = found["k"]
+            dose = found["dose"]
+            lines.append(f"window ({side} k): k {lo:g} .. {hi:g}, dose {dose[0]:.3g} .. {dose[1]:.3g} ({what})")
+        else:
+            lines.append(f"window ({side} k): none measured ({what})")
+    return lines
+
+
+def degenerate_lines(runs: list[tuple[str, dict[str, Any]]]) -> list[str]:
+    """One line per run the degeneration gate flagged, with its reasons."""
+    lines = []
+    for label, metrics in runs:
+        d = metrics.get("degenerate")
+        if d and d.get("flagged"):
+            found = ", ".join(f"{k} {v}" for k, v in d["reasons"].items() if v)
+            lines.append(f"degenerate: {label}: {d['rate']:.0%} of {d['answers']} long answers ({found})")
+    return lines
 
 
 def convert_summary(result: Any, output: Path) -> str:
@@ -46,7 +89,8 @@ def convert_extras(result: Any) -> list[str]:
         blocks.append(auto_summary(result.metadata["sweep"]))
     if "evaluation" in result.metadata:
         metrics = result.metadata["evaluation"]["metrics"]
-        blocks.append(metrics_table({"base": metrics["base"], f"k={result.alpha:g}": metrics["model"]}))
+        blocks.append(metrics_table(eval_rows(metrics, result.alpha)))
+        blocks += degenerate_lines([(f"k={result.alpha:g}", metrics["model"])])
     return blocks
 
 
@@ -61,12 +105,18 @@ def up_to_date_line(repo_id: str, branch: str | None, fingerprint: str) -> str:
 def auto_summary(record: dict[str, Any]) -> str:
     """``--alpha auto``: the chosen k, why the grid stopped where it did, and every run's metrics."""
     kept = [d for d in record["decisions"] if d["kept"]]
-    refused = next((d for d in record["decisions"] if not d["kept"]), None)
-    why = f"; k={refused['alpha']:g} broke a limit ({refused['why_not']})" if refused else "; every k kept"
-    rows = {f"k={run['alpha']:g}": run["metrics"] for run in record["runs"]}
-    return (
-        f"--alpha auto chose k={record['chosen']:g} ({len(kept)} of {len(record['decisions'])} grid points kept{why})\n"
-        + metrics_table(rows)
+    refused = next((d for d in record["decisions"] if not d["kept"] and not d.get("bisect")), None)
+    why = f"; stopped at k={refused['alpha']:g} ({refused['why_not']})" if refused else "; every k kept"
+    rows = {_run_label(run["alpha"], run["mode"]): run["metrics"] for run in record["runs"]}
+    by = "the judged effect" if record.get("chosen_by") == "judge" else "the strongest coherent k"
+    runs = record.get("runs_measured", len(record["runs"]))
+    return "\n".join(
+        [
+            f"--alpha auto chose k={record['chosen']:g} by {by} ({runs} runs, {len(kept)} of "
+            f"{len(record['decisions'])} steered kept{why})",
+            metrics_table(rows),
+            *window_lines(record.get("window")),
+        ]
     )
 
 
@@ -77,7 +127,9 @@ def sweep_summary(model: str, result: Any, output: Path) -> str:
     return "\n".join(
         [
             f"swept {model} over layers {start}-{end - 1} in {result.seconds:.1f} s",
-            metrics_table({f"k={r.alpha:g} {r.mode}": r.metrics for r in result.runs}),
+            metrics_table({_run_label(r.alpha, r.mode): r.metrics for r in result.runs}),
+            *degenerate_lines([(_run_label(r.alpha, r.mode), r.metrics) for r in result.runs]),
+            *window_lines(result.to_dict(samples=False)["window"]),
             f"direction AUROC (held out) up to {best:.3f}; written to {output}",
         ]
     )
@@ -145,5 +197,5 @@ def demo_report(result: Any) -> str:
         ]
     prompts = report.eval_set["prompts"]
     lines += ["", f"all {prompts} demo prompts, {report.settings['max_new_tokens']} tokens:"]
-    lines.append(metrics_table({"base": report.metrics["base"], f"k={report.alpha:g}": report.metrics["model"]}))
+    lines.append(metrics_table(eval_rows(report.metrics, report.alpha)))
     return "\n".join(lines)

@@ -280,6 +280,43 @@ class EvaluationError(BakesteerError, ValueError):
         super().__init__(f"{subject}: {reason}", hint=hint)
 
 
+class JudgeError(BakesteerError, ValueError):
+    """A judge cannot serve: a server that cannot be reached, refuses the key or does not serve the model; a rubric
+    template that cannot be used; or a judge that answered no request.
+
+    Attributes:
+        subject: The server (scheme, host and port only), model or rubric.
+        reason: What is wrong.
+    """
+
+    def __init__(self, subject: str, *, reason: str, hint: str) -> None:
+        self.subject = subject
+        self.reason = reason
+        super().__init__(f"judge {subject}: {reason}", hint=hint)
+
+
+class DegenerateError(BakesteerError, RuntimeError):
+    """A variant that the degeneration gate flagged is not published (unless ``--allow-degenerate``).
+
+    Attributes:
+        subject: The output or variant.
+        rate: The share of long answers that degenerated.
+        reasons: How many answers failed for each reason.
+    """
+
+    exit_code = 3
+
+    def __init__(self, subject: str, *, rate: float, reasons: dict[str, int]) -> None:
+        self.subject = subject
+        self.rate = rate
+        self.reasons = reasons
+        found = ", ".join(f"{k} {v}" for k, v in reasons.items() if v) or "none"
+        super().__init__(
+            f"{subject} degenerates: {rate:.0%} of its long answers fail ({found}); nothing was pushed",
+            hint="choose a smaller |k| (see `bakesteer sweep`), or pass --allow-degenerate to publish it anyway",
+        )
+
+
 class ExportError(BakesteerError, ValueError):
     """A bake cannot be exported as asked: not a bakesteer output, a block the format cannot address, a family the
     runtime does not run, or no converter at hand."""

@@ -18,10 +18,11 @@ from typing import Any
 import torch
 
 from bakesteer.errors import EvaluationError
+from bakesteer.judge import JudgeSpec, check_reachable, judge_runs
 from bakesteer.measure import base_reading, concept_probe, run_metrics, run_outputs, run_samples
 from bakesteer.options import ConvertOptions
 from bakesteer.placement import Placement, free_memory, load_causal_lm, placement_from
-from bakesteer.prompts import PromptSet, load_prompt_set
+from bakesteer.prompts import PromptSet, baseline_text, load_prompt_set
 from bakesteer.record import EVAL_FILE, read_output
 from bakesteer.source import ModelSource
 from bakesteer.vector import SteeringVector
@@ -42,8 +43,9 @@ class EvalReport:
         alpha: The checkpoint's ``k``.
         band: Its band, ``(start, end)`` end excluded.
         base: The base's ``ModelSource.describe()``.
-        metrics: ``{"model": {...}, "base": {...}}``, each as a sweep run's metrics.
-        samples: ``{"model": [...], "base": [...]}``, every prompt and completion.
+        metrics: ``{"model": {...}, "base": {...}}`` (and ``"prompted"``: the base after ``--baseline-prompt``), each
+            as a sweep run's metrics.
+        samples: The same keys: every prompt and completion (with the judge's reply and verdict when judged).
         concept: The concept score's layer and anchors.
         eval_set: The eval prompts' description.
         settings: Generation length, dtype, and the prompt sets.
@@ -56,12 +58,18 @@ class EvalReport:
     band: tuple[int, int]
     base: dict[str, Any]
     metrics: dict[str, dict[str, Any]]
-    samples: dict[str, list[dict[str, str]]]
+    samples: dict[str, list[dict[str, Any]]]
     concept: dict[str, Any]
     eval_set: dict[str, Any]
     settings: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
     scores: dict[str, list[float | None]] = field(default_factory=dict)
+    judge: dict[str, Any] | None = None
+
+    @property
+    def degenerate(self) -> dict[str, Any] | None:
+        """The checkpoint's degeneration record (``flagged`` against the base), when the gate ran."""
+        return self.metrics["model"].get("degenerate")
 
     def to_dict(self) -> dict[str, Any]:
         """Everything, completions included (``evaluation.json``, ``eval --output``)."""
@@ -74,6 +82,7 @@ class EvalReport:
             "concept": self.concept,
             "eval_set": self.eval_set,
             "settings": self.settings,
+            **({"judge": self.judge} if self.judge else {}),
             "samples": self.samples,
         }
 
@@ -87,6 +96,7 @@ class EvalReport:
             "concept": self.concept,
             "eval_set": self.eval_set,
             "settings": self.settings,
+            **({"judge": self.judge} if self.judge else {}),
             "examples": examples,
             "file": EVAL_FILE,
         }
@@ -133,21 +143,24 @@ def evaluate_pair(
     spec = spec_for(load_config(base_source), allow_remote_code=True)
     base, _ = load_model(base_source, dtype, placement)
     try:
-        base_run = run_outputs(base, tokenizer, inputs, options)
+        runs = {"model": steered, "base": run_outputs(base, tokenizer, inputs, options)}
+        if inputs.prompted is not None:
+            runs["prompted"] = run_outputs(
+                base, tokenizer, inputs.with_baseline(), options, reference_perplexity=runs["base"].perplexity
+            )
         probe = concept_probe(base, spec, inputs, vector.directions, band, batch_size=options.batch_size)
         readings = {
             who: base_reading(base, spec, tokenizer, inputs, run, probe, batch_size=options.batch_size)
-            for who, run in (("model", steered), ("base", base_run))
+            for who, run in runs.items()
         }
     finally:
         del base
         free_memory()
-    runs = {"model": steered, "base": base_run}
-    return EvalReport(
+    report = EvalReport(
         alpha=alpha,
         band=band,
         base=base_source.describe(),
-        metrics={who: run_metrics(base_run, run, readings[who], inputs) for who, run in runs.items()},
+        metrics={who: run_metrics(runs["base"], run, readings[who], inputs) for who, run in runs.items()},
         samples={who: run_samples(inputs, run) for who, run in runs.items()},
         concept=probe.to_dict(),
         eval_set=inputs.eval_set,
@@ -157,10 +170,17 @@ def evaluate_pair(
             "dtype": str(dtype).removeprefix("torch."),
             "positive": positive.describe(),
             "negative": negative.describe(),
+            "long_prompts": inputs.long,
+            "long_tokens": options.long_tokens,
+            "baseline_prompt": baseline_text(options.baseline_prompt) if options.baseline_prompt else None,
         },
-        seconds=round(time.perf_counter() - started, 3),
         scores={who: list(reading.concept_per_sample) for who, reading in readings.items()},
     )
+    judge_spec = JudgeSpec.from_options(options)
+    if judge_spec is not None:  # both measured models are freed: a local judge is the only model in memory
+        report.judge = judge_runs(judge_spec, options, [(report.metrics[w], report.samples[w]) for w in report.metrics])
+    report.seconds = round(time.perf_counter() - started, 3)
+    return report
 
 
 def _prompt_set(options: ConvertOptions, role: str, recorded: dict[str, Any], directory: Path) -> PromptSet:
@@ -206,6 +226,9 @@ def evaluate(directory: Path, *, base: str | None = None, options: ConvertOption
     options = options or ConvertOptions()
     directory = Path(directory)
     out = read_output(directory)
+    judge = JudgeSpec.from_options(options)
+    if judge is not None:
+        check_reachable(judge)  # before any generation
     record = out.record
     recorded = record.base_model
     revision = None

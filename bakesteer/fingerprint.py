@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from bakesteer.options import AUTO
+from bakesteer.prompts import pinned_hash
 from bakesteer.record import Record
 
 #: The options that shape the offsets or the output dtype. Validation, device and batch size do not.
@@ -20,6 +21,10 @@ FINGERPRINT_OPTIONS = ("alpha", "layers", "chat_template", "dtype", "allow_remot
 #: With ``alpha = "auto"``, the options of the sweep that chooses k (recorded only then, so fixed-k fingerprints
 #: keep their format).
 AUTO_OPTIONS = ("direction", "max_new_tokens")
+#: ... and, when a judge chooses k, what it is and what it rates.
+JUDGE_OPTIONS = ("judge", "judge_model", "rubric", "concept")
+#: The ``--alpha auto`` rule's version: 2 walks up with an early stop, one bisection and the degeneration gate.
+AUTO_RULE = 2
 
 
 def fingerprint_of(
@@ -51,6 +56,9 @@ def fingerprint_of(
     }
     if alpha == AUTO:  # the sweep that chooses k: its options and the eval prompts shape the weights too
         record["auto"] = {k: options.get(k) for k in AUTO_OPTIONS} | {"eval_prompts": prompt_sha256.get("eval")}
+        record["auto"]["rule"] = AUTO_RULE
+        if options.get("judge"):
+            record["auto"]["judge"] = {k: options.get(k) for k in JUDGE_OPTIONS}
     return hashlib.sha256(json.dumps(record, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
@@ -61,6 +69,6 @@ def metadata_fingerprint(record: Record) -> str:
         record.base_model,
         record.version,
         record.options,
-        {role: calibration.get(role, {}).get("sha256") for role in ("positive", "negative")}
-        | {"eval": (record.sweep or {}).get("eval_set", {}).get("sha256")},
+        {role: pinned_hash(calibration.get(role, {})) for role in ("positive", "negative")}
+        | {"eval": pinned_hash((record.sweep or {}).get("eval_set", {}))},
     )

@@ -24,16 +24,23 @@ The recipes (also in the README):
   (or are empty).
 - ``refusal_score``: mean over the held-out positive and negative prompts of the refusal log-odds at the first
   generated position.
+- ``degenerate``: the first ``--long-prompts`` eval prompts answered with ``--long-tokens`` greedy tokens and checked
+  by :mod:`bakesteer.degeneration` (loops, an unclosed ``<think>``, a change of script); flagged against the base.
+
+A *prompted* run (``--baseline-prompt``) is the unsteered base answering every prompt after that system prompt; its
+reference perplexity is the base's (a system prompt does not change how the model reads plain text).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
+from bakesteer import degeneration
 from bakesteer.batching import left_padded_batches
 from bakesteer.metrics import (
     REFUSAL_OPENERS,
@@ -68,6 +75,8 @@ class EvalInputs:
         eos_ids: Token ids that end a completion.
         pad_id: The padding id.
         eval_set: ``PromptSet.describe()`` of the eval prompts.
+        long: How many eval prompts (the first ones) are also answered at length for the degeneration gate.
+        prompted: With a baseline prompt, :attr:`ids` rendered after it as a system turn.
     """
 
     prompts: dict[str, tuple[str, ...]]
@@ -78,6 +87,25 @@ class EvalInputs:
     eos_ids: tuple[int, ...]
     pad_id: int
     eval_set: dict[str, Any]
+    long: int = 0
+    prompted: dict[str, list[list[int]]] | None = None
+    context: int | None = None
+
+    def long_budget(self, tokens: int) -> int:
+        """Tokens a long answer may have: ``tokens``, within the model's context after the longest long prompt."""
+        if self.context is None or not self.long:
+            return tokens
+        return max(1, min(tokens, self.context - max(len(ids) for ids in self.ids["eval"][: self.long])))
+
+    def with_baseline(self) -> EvalInputs:
+        """The same inputs, every prompt after the baseline system prompt."""
+        assert self.prompted is not None
+        return dataclasses.replace(self, ids=self.prompted, prompted=None)
+
+    @property
+    def long_prompts(self) -> tuple[str, ...]:
+        """The eval prompts answered at length."""
+        return self.prompts["eval"][: self.long]
 
     @property
     def heldout_ids(self) -> list[list[int]]:
@@ -95,12 +123,14 @@ class RunOutputs:
         completions: ``{set: [token ids]}`` greedy completions, cut before the first end-of-sequence token.
         texts: The completions decoded (special tokens skipped).
         perplexity: Perplexity of the reference text under this model.
+        long_texts: The long answers to :attr:`EvalInputs.long_prompts`.
     """
 
     first_logits: torch.Tensor
     completions: dict[str, list[list[int]]]
     texts: dict[str, list[str]]
     perplexity: float
+    long_texts: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -148,10 +178,19 @@ def prepare_inputs(
     eos_ids: tuple[int, ...],
     pad_id: int,
     max_positions: int | None,
+    long: int = 0,
+    baseline_prompt: str | None = None,
 ) -> EvalInputs:
-    """Tokenise the eval prompts (all of them), the held-out parts of both sets, the reference text and anchors."""
+    """Tokenise the eval prompts (all of them), the held-out parts of both sets, the reference text and anchors
+    (and, with ``baseline_prompt``, every prompt after it as a system turn)."""
     prompts = {"eval": eval_set.prompts, "positive": positive.heldout, "negative": negative.heldout}
     ids = {name: render_prompts(tokenizer, texts, chat_template=chat_template) for name, texts in prompts.items()}
+    prompted = None
+    if baseline_prompt:
+        prompted = {
+            name: render_prompts(tokenizer, texts, chat_template=chat_template, system=baseline_prompt)
+            for name, texts in prompts.items()
+        }
     window = min(MAX_WINDOW, max_positions or MAX_WINDOW)
     reference_ids = _token_ids(tokenizer, reference_text)
     reference = [reference_ids[i : i + window] for i in range(0, len(reference_ids), window)]
@@ -166,6 +205,9 @@ def prepare_inputs(
         eos_ids=eos_ids,
         pad_id=pad_id,
         eval_set=eval_set.describe(),
+        long=min(long, len(eval_set.prompts)),
+        prompted=prompted,
+        context=max_positions,
     )
 
 
@@ -289,7 +331,18 @@ def run_outputs(
             model, inputs.reference, [1] * len(inputs.reference), batch_size=options.batch_size, pad_id=inputs.pad_id
         )
         reference_perplexity = perplexity(nll, count)
-    return RunOutputs(first, completions, texts, reference_perplexity)
+    long_texts: list[str] = []
+    if inputs.long:
+        long = greedy_completions(
+            model,
+            inputs.ids["eval"][: inputs.long],
+            max_new_tokens=inputs.long_budget(options.long_tokens),
+            batch_size=options.generation_batch_size,
+            pad_id=inputs.pad_id,
+            eos_ids=inputs.eos_ids,
+        )
+        long_texts = [tokenizer.decode(c, skip_special_tokens=True).strip() for c in long]
+    return RunOutputs(first, completions, texts, reference_perplexity, long_texts)
 
 
 # --------------------------------------------------------------------------- what the base model reads
@@ -383,6 +436,10 @@ def run_metrics(base: RunOutputs, run: RunOutputs, reading: BaseReading, inputs:
     """The metrics of ``run`` against the ``base`` run (see the module docstring for each recipe)."""
     n_pos = len(inputs.ids["positive"])
     kl = first_token_kl(base.first_logits[n_pos:], run.first_logits[n_pos:])
+    extra: dict[str, Any] = {}
+    if inputs.long:
+        own = degeneration.summarize(inputs.long_prompts, run.long_texts)
+        extra["degenerate"] = degeneration.flag(own, degeneration.summarize(inputs.long_prompts, base.long_texts))
     return {
         "kl": float(kl.mean()),
         "perplexity": run.perplexity,
@@ -394,13 +451,19 @@ def run_metrics(base: RunOutputs, run: RunOutputs, reading: BaseReading, inputs:
             "negative": refusal_rate(run.texts["negative"]),
         },
         "refusal_score": float(refusal_log_odds(run.first_logits, inputs.refusal_ids).mean()),
+        **extra,
     }
 
 
-def run_samples(inputs: EvalInputs, run: RunOutputs) -> list[dict[str, str]]:
-    """Every prompt and completion of a run, so anyone can judge them again."""
-    return [
+def run_samples(inputs: EvalInputs, run: RunOutputs) -> list[dict[str, Any]]:
+    """Every prompt and completion of a run (the long answers as set ``long``), so anyone can judge them again."""
+    samples: list[dict[str, Any]] = [
         {"set": name, "prompt": prompt, "completion": text}
         for name in SETS
         for prompt, text in zip(inputs.prompts[name], run.texts[name], strict=True)
     ]
+    samples += [
+        {"set": "long", "prompt": prompt, "completion": text}
+        for prompt, text in zip(inputs.long_prompts, run.long_texts, strict=True)
+    ]
+    return samples

@@ -7,6 +7,7 @@ appears in each of them (the recipes themselves are in :mod:`bakesteer.measure` 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -27,6 +28,8 @@ class Metric:
         log: Drawn on a logarithmic axis.
         sweep_header: Its column header in the card's ``--alpha auto`` table; empty when the card leaves it out.
         base_note: What the card writes for the base model instead of a number (KL is 0 by definition).
+        optional: Reported only where a measurement has it (the judge's, the degeneration gate's): the CLI tables,
+            the plot and the card leave it out when no row has a value. ``sweep.csv`` always has its column.
     """
 
     key: str
@@ -39,6 +42,7 @@ class Metric:
     log: bool = False
     sweep_header: str = ""
     base_note: str = ""
+    optional: bool = False
 
     def raw(self, metrics: dict[str, Any]) -> Any:
         """The value as stored (``None`` when absent)."""
@@ -139,7 +143,66 @@ METRICS: tuple[Metric, ...] = (
         "%.3g",
         None,
     ),
+    Metric(
+        "degenerate.rate",
+        "degenerate_rate",
+        "degen",
+        "degenerate long answers (share)",
+        "long answers that degenerate (loop, unclosed <think>, script change)",
+        "%.2f",
+        "lower",
+        sweep_header="degenerate",
+        optional=True,
+    ),
+    Metric(
+        "judge.score.eval",
+        "judge_eval",
+        "judge",
+        "judged score, eval prompts",
+        "judged score ({rubric}), eval prompts",
+        "%.3f",
+        None,
+        sweep_header="judged",
+        optional=True,
+    ),
+    Metric(
+        "judge.score.positive",
+        "judge_positive",
+        "judge+",
+        "judged score, positive prompts",
+        "judged score ({rubric}), held-out *{positive}* prompts",
+        "%.2f",
+        None,
+        sweep_header="judged +",
+        optional=True,
+    ),
+    Metric(
+        "judge.score.negative",
+        "judge_negative",
+        "judge-",
+        "judged score, negative prompts",
+        "judged score ({rubric}), held-out *{negative}* prompts",
+        "%.2f",
+        None,
+        sweep_header="judged -",
+        optional=True,
+    ),
+    Metric(
+        "judge.unparseable",
+        "judge_unparseable",
+        "unparsed",
+        "judge replies not parseable",
+        "judge replies that could not be read (counted, not guessed)",
+        "%.0f",
+        "lower",
+        optional=True,
+    ),
 )
+
+
+def present(metrics: Sequence[Metric], rows: Sequence[dict[str, Any]]) -> tuple[Metric, ...]:
+    """The metrics to show for ``rows`` (metrics dicts): every required one, and each optional one some row has."""
+    return tuple(m for m in metrics if not m.optional or any(m.raw(row) is not None for row in rows))
 
 
 def metric(key: str) -> Metric:

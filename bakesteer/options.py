@@ -38,6 +38,10 @@ NOT_RECORDED = (
     "device_map",
     "max_memory",
     "offload_folder",
+    # how the judge is driven (its address is recorded as scheme, host and port only; never a key)
+    "judge_concurrency",
+    "judge_timeout",
+    "allow_degenerate",
 )
 
 
@@ -74,18 +78,21 @@ class ConvertOptions:
         "'FIRST-LAST' (inclusive) or a single index.",
         group="bake",
     )
-    positive: Path | None = _opt(
+    positive: Path | str | None = _opt(
         None,
-        "Positive prompt set (.txt one per line, .jsonl with prompt/text/instruction, .csv with a header). "
-        "Default: the shipped harmful requests.",
+        "Positive prompt set: .txt (one per line), .jsonl (prompt/text/instruction), .csv (a header), .parquet "
+        "(FILE.parquet#COLUMN) or a Hub dataset hf://datasets/OWNER/NAME[@REV][:CONFIG][/SPLIT]#COLUMN (pinned to its "
+        "commit). Default: the shipped harmful requests.",
         group="calibration",
         path=True,
+        prompts=True,
     )
-    negative: Path | None = _opt(
+    negative: Path | str | None = _opt(
         None,
-        "Negative prompt set, same formats. Default: the shipped harmless requests.",
+        "Negative prompt set, same forms. Default: the shipped harmless requests.",
         group="calibration",
         path=True,
+        prompts=True,
     )
     chat_template: bool = _opt(
         True,
@@ -143,16 +150,52 @@ class ConvertOptions:
     )
     greedy_tokens: int = _opt(32, "Tokens of greedy continuation compared during validation.", group="validation")
     overwrite: bool = _opt(False, "Replace an existing, non-empty output directory.", group="runtime")
-    eval_prompts: Path | None = _opt(
+    eval_prompts: Path | str | None = _opt(
         None,
-        "Neutral prompts answered when measuring a model (same formats as --positive). Default: the 64 shipped "
+        "Neutral prompts answered when measuring a model (same forms as --positive). Default: the 64 shipped "
         "neutral instructions.",
         group="measure",
         path=True,
+        prompts=True,
     )
     max_new_tokens: int = _opt(64, "Greedy tokens generated per prompt when measuring a model.", group="measure")
     generation_batch_size: int = _opt(
         64, "Prompts per batch when generating completions to measure a model.", group="measure"
+    )
+    baseline_prompt: str | None = _opt(
+        None,
+        "Also measure the unsteered base with this system prompt (text, or a file holding it): a 'prompted base' row "
+        "beside k = 0 and the steered ones, with every metric and the judge.",
+        group="measure",
+    )
+    long_prompts: int = _opt(
+        4,
+        "Eval prompts also answered at length and checked for degeneration (loops, an unclosed <think>, a change of "
+        "script); 0 turns the check off.",
+        group="measure",
+    )
+    long_tokens: int = _opt(512, "Greedy tokens of each long answer.", group="measure")
+    judge: str | None = _opt(
+        None,
+        "An LLM judge: an OpenAI-compatible server's URL (http://..., key in BAKESTEER_JUDGE_API_KEY) or a local "
+        "chat model (Hub id, directory or .gguf), loaded after the measured model is freed.",
+        group="judge",
+    )
+    judge_model: str | None = _opt(
+        None, "The model the judge server serves (default: the first of its /v1/models).", group="judge"
+    )
+    rubric: str = _opt(
+        "refusal",
+        "What the judge rates: refusal (does the answer refuse; held-out positive and negative prompts), concept "
+        "(AxBench concept, instruction and fluency 0-2, harmonic mean; needs --concept), or a template file.",
+        group="judge",
+    )
+    concept: str | None = _opt(
+        None, "With --rubric concept: the concept in words, e.g. 'joy and enthusiasm'.", group="judge"
+    )
+    judge_concurrency: int = _opt(8, "Judge requests in flight at once (server judges).", group="judge")
+    judge_timeout: float = _opt(
+        60.0, "Seconds a judge request may take before it is retried (4 retries, with backoff).", group="judge"
     )
     eval: bool = _opt(
         False,
@@ -169,6 +212,11 @@ class ConvertOptions:
     force_push: bool = _opt(
         False,
         "Convert and push even when the target already holds an output with the same fingerprint.",
+        group="publish",
+    )
+    allow_degenerate: bool = _opt(
+        False,
+        "Push a variant even when the degeneration gate flags it (measured with --eval).",
         group="publish",
     )
 
@@ -201,9 +249,19 @@ class ConvertOptions:
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict of every option; paths are reduced to their file names (no local paths leak)."""
         out: dict[str, Any] = {}
+        from bakesteer.judge import is_url, public_url
+
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             out[f.name] = Path(value).name if isinstance(value, Path) else value
+        from bakesteer.source import is_path
+
+        for name in ("judge", "rubric"):  # a server by scheme, host and port; a local file by its name
+            value = out[name]
+            if isinstance(value, str) and is_url(value):
+                out[name] = public_url(value)
+            elif isinstance(value, str) and is_path(value):
+                out[name] = Path(value).name
         return out
 
     def check(self) -> None:
@@ -238,7 +296,20 @@ class ConvertOptions:
             check_max_memory(self.max_memory)
         if self.push_to_hub is not None:
             check_repo_id(self.push_to_hub, "--push-to-hub")
-        for name in ("batch_size", "probes", "greedy_tokens", "max_new_tokens", "generation_batch_size"):
+        if self.judge_concurrency < 1 or not self.judge_timeout > 0:
+            raise OptionError(
+                "--judge-concurrency/--judge-timeout",
+                (self.judge_concurrency, self.judge_timeout),
+                reason="must be positive",
+                hint="pass e.g. --judge-concurrency 8 --judge-timeout 60",
+            )
+        if self.long_prompts < 0:
+            raise OptionError("--long-prompts", self.long_prompts, reason="must be 0 or more", hint="pass 4, or 0")
+        if self.rubric == "concept" and not self.concept:
+            raise OptionError(
+                "--rubric", self.rubric, reason="the concept rubric needs --concept", hint='pass --concept "joy"'
+            )
+        for name in ("batch_size", "probes", "greedy_tokens", "max_new_tokens", "generation_batch_size", "long_tokens"):
             if int(getattr(self, name)) < 1:
                 flag = "--" + name.replace("_", "-")
                 raise OptionError(flag, getattr(self, name), reason="must be at least 1", hint=f"pass {flag} 1 or more")

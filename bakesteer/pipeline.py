@@ -37,12 +37,12 @@ from bakesteer.configfiles import (
     tokenizer_class_for_4,
 )
 from bakesteer.dequantize import materialize_gguf
-from bakesteer.errors import interrupted_state
+from bakesteer.errors import DegenerateError, OptionError, interrupted_state
 from bakesteer.fingerprint import metadata_fingerprint
 from bakesteer.loading import calibrate, interleave, load, prepare, vector_file
 from bakesteer.options import ConvertOptions, check_alpha_for_model
 from bakesteer.placement import free_memory
-from bakesteer.prompts import PromptSet, context_length, load_prompt_set, render_prompts
+from bakesteer.prompts import context_length, load_prompt_set, render_prompts
 from bakesteer.record import EVAL_FILE, RECORD_FILE, VECTOR_FILE, Record, atomic_path, write_json
 from bakesteer.source import (
     ModelSource,
@@ -186,41 +186,51 @@ def _published(source: ModelSource, options: ConvertOptions) -> Any:
     return state
 
 
-def _choose_alpha(
-    model: Any,
-    tokenizer: Any,
-    spec: ArchitectureSpec,
-    vector: SteeringVector,
-    band: tuple[int, int],
-    positive: PromptSet,
-    negative: PromptSet,
-    options: ConvertOptions,
-) -> tuple[float, dict[str, Any]]:
-    """``--alpha auto``: a broadcast sweep over the grid on ``options.direction``'s side, then the rule.
+def _choose_alpha(job: _Job, output: Path) -> tuple[float, dict[str, Any]]:
+    """``--alpha auto``: broadcast runs up the grid on ``options.direction``'s side with an early stop and one
+    bisection, then the choice (by the judge, when one is given: a local judge is loaded after the source model is
+    freed, and the source is loaded again after it).
 
     Returns:
         The chosen k and the ``sweep`` record for ``bakesteer.json`` (grid, rule, decisions, every run's metrics).
     """
-    from bakesteer.sweep import auto_alphas, auto_rule, choose_alpha, measurement_inputs, sweep_loaded
+    from bakesteer.judge import JudgeSpec, is_url, judge_runs
+    from bakesteer.sweep import auto_rule, auto_sweep, choose_alpha, measurement_inputs, window
 
-    inputs = measurement_inputs(tokenizer, model, options, positive, negative)
-    grid = auto_alphas(options.direction)
-    result = sweep_loaded(
-        model, tokenizer, spec, vector, band, inputs, options, alphas=grid, modes=["broadcast"], name=""
-    )
-    k, decisions = choose_alpha(result, options.direction)
+    options = job.options
+    inputs = measurement_inputs(job.tokenizer, job.model, options, job.positive, job.negative)
+    result, decisions = auto_sweep(job.model, job.tokenizer, job.spec, job.vector, job.band, inputs, options)
+    spec = JudgeSpec.from_options(options)
+    if spec is not None:
+        local = not is_url(spec.target)
+        if local:
+            job.model = None
+            free_memory()
+        result.judge = judge_runs(spec, options, [(run.metrics, run.samples) for run in result.runs])
+        if local:
+            _load_source(job, output)
+    k = choose_alpha(result, decisions, result.judge)
     record = {
         "direction": options.direction,
-        "grid": grid,
-        "rule": auto_rule(),
+        "grid": auto_alphas_tried(result),
+        "rule": auto_rule(result.judge),
         "chosen": k,
+        "chosen_by": "judge" if result.judge else "coherence",
+        "runs_measured": len([r for r in result.runs if r.mode == "broadcast"]),
         "decisions": decisions,
         "eval_set": result.eval_set,
         "concept": result.concept,
         "max_new_tokens": options.max_new_tokens,
+        "judge": result.judge,
+        "window": window(result.runs, result.judge),
         "runs": [run.to_dict(samples=False) for run in result.runs],
     }
     return k, record
+
+
+def auto_alphas_tried(result: Any) -> list[float]:
+    """The k ``--alpha auto`` measured, in the order run (0 first)."""
+    return [run.alpha for run in result.runs if run.mode == "broadcast"]
 
 
 def convert(model: str, output: Path, options: ConvertOptions | None = None) -> ConvertResult:
@@ -243,6 +253,7 @@ def convert(model: str, output: Path, options: ConvertOptions | None = None) -> 
     timer = _Timer()
     output = Path(output)
     check_output(output.absolute(), overwrite=options.overwrite, source=model)
+    _check_judge(options)
     with timer.stage("resolve"):
         source, config, spec, band = prepare(model, options)
     job = _Job(options, timer, source, config, spec, band, vector_file(options, config))
@@ -264,7 +275,7 @@ def convert(model: str, output: Path, options: ConvertOptions | None = None) -> 
     ):
         job.staging = staging
         _load_source(job, output)
-        _plan_offsets(job)
+        _plan_offsets(job, output)
         _write_checkpoint(job)
         _validate(job)
         _write_record(job)
@@ -280,8 +291,39 @@ def convert(model: str, output: Path, options: ConvertOptions | None = None) -> 
         timings=dict(timer.stages),
     )
     if options.push_to_hub:
+        check_degenerate(job.metadata, options, options.push_to_hub)
         result.push = _push_output(final, options)
     return result
+
+
+def _check_judge(options: ConvertOptions) -> None:
+    """A judge is for ``--eval`` and ``--alpha auto``; a server judge must answer before anything is loaded.
+
+    Raises:
+        OptionError: ``--judge`` with neither.
+        JudgeError: the server cannot be reached, refuses the key or does not serve the model.
+    """
+    from bakesteer.judge import JudgeSpec, check_reachable
+
+    spec = JudgeSpec.from_options(options)
+    if spec is None:
+        return
+    if not (options.eval or options.auto):
+        raise OptionError(
+            "--judge", options.to_dict()["judge"], reason="judges nothing here", hint="add --eval or --alpha auto"
+        )
+    check_reachable(spec)
+
+
+def check_degenerate(metadata: dict[str, Any], options: ConvertOptions, subject: str) -> None:
+    """The degeneration gate before a push: a checkpoint whose ``--eval`` flagged it is not pushed.
+
+    Raises:
+        DegenerateError: flagged, and ``options.allow_degenerate`` is off.
+    """
+    degenerate = (metadata.get("evaluation") or {}).get("metrics", {}).get("model", {}).get("degenerate")
+    if degenerate and degenerate.get("flagged") and not options.allow_degenerate:
+        raise DegenerateError(subject, rate=degenerate["rate"], reasons=degenerate["reasons"])
 
 
 @dataclass
@@ -358,7 +400,7 @@ def _load_source(job: _Job, output: Path) -> None:
     require_space(output, budget.needed)
 
 
-def _plan_offsets(job: _Job) -> None:
+def _plan_offsets(job: _Job, output: Path) -> None:
     """Calibrate (or reuse the vector), choose k, plan the biases and record the reference outputs; then free the
     source model, so that only one model is in memory at a time."""
     options = job.options
@@ -369,9 +411,7 @@ def _plan_offsets(job: _Job) -> None:
         job.vector = job.from_file
     if options.auto:
         with job.timer.stage("sweep"):
-            job.k, job.auto = _choose_alpha(
-                job.model, job.tokenizer, job.spec, job.vector, job.band, job.positive, job.negative, options
-            )
+            job.k, job.auto = _choose_alpha(job, output)
             check_alpha_for_model(job.k, job.vector.d_model)
     else:
         job.k = float(options.alpha)

@@ -26,7 +26,10 @@ ROLE_FLAGS = {"positive": "--positive", "negative": "--negative", "eval": "--eva
 #: The neutral text whose perplexity a measurement reports (written for bakesteer, about 1,100 tokens).
 REFERENCE_TEXT = "reference_text.txt"
 
-_FORMAT_HINT = ".txt (one prompt a line), .jsonl (a prompt, text or instruction field) or .csv (a header row)"
+_FORMAT_HINT = (
+    ".txt (one prompt a line), .jsonl (a prompt, text or instruction field), .csv (a header row), .parquet "
+    "(FILE.parquet#COLUMN) or hf://datasets/OWNER/NAME[:CONFIG][/SPLIT]#COLUMN"
+)
 
 
 @dataclass(frozen=True)
@@ -39,6 +42,7 @@ class PromptSet:
         calibration: The prompts used to compute ``mu`` and the direction.
         heldout: The prompts kept for validation probes.
         sha256: Hash of ``prompts`` (JSON-encoded), recorded in the metadata.
+        source: For a Hub dataset: its repository, the commit it was read at, config, split and column.
     """
 
     name: str
@@ -46,23 +50,32 @@ class PromptSet:
     calibration: tuple[str, ...]
     heldout: tuple[str, ...]
     sha256: str
+    source: dict[str, Any] | None = None
 
     def describe(self) -> dict[str, Any]:
         """JSON-ready summary for ``bakesteer.json``."""
-        return {
+        out: dict[str, Any] = {
             "name": self.name,
             "sha256": self.sha256,
             "prompts": len(self.prompts),
             "calibration": len(self.calibration),
             "heldout": len(self.heldout),
         }
+        if self.source is not None:
+            out["source"] = self.source
+        return out
+
+    @property
+    def pin(self) -> str | None:
+        """The Hub commit a dataset set was read at (``None`` for a file or a shipped set)."""
+        return self.source["revision"] if self.source else None
 
 
 def _prompt_hash(prompt: str) -> str:
     return hashlib.sha256(prompt.encode("utf-8")).hexdigest()
 
 
-def make_prompt_set(name: str, prompts: list[str]) -> PromptSet:
+def make_prompt_set(name: str, prompts: list[str], source: dict[str, Any] | None = None) -> PromptSet:
     """Dedupe, check the size, and split by hash rank.
 
     The held-out part is the ``ceil(0.2 n)`` prompts with the smallest SHA-256, so the split does not depend on the
@@ -88,6 +101,7 @@ def make_prompt_set(name: str, prompts: list[str]) -> PromptSet:
         calibration=tuple(p for p in unique if p not in heldout_set),
         heldout=tuple(p for p in unique if p in heldout_set),
         sha256=digest,
+        source=source,
     )
 
 
@@ -136,17 +150,29 @@ def parse_prompts(text: str, path: Path) -> list[str]:
     raise PromptSetError(path.name, reason=f"unknown format {suffix or '(no suffix)'}", hint=f"use {_FORMAT_HINT}")
 
 
-def load_prompt_set(path: Path | None, role: str) -> PromptSet:
-    """Load a user's prompt file, or the shipped default for ``role`` (``positive``, ``negative`` or ``eval``).
+#: A prompt-set option: a file, a Hub dataset (``hf://datasets/...``, kept as text), or ``None`` (the shipped set).
+PromptSource = Path | str | None
+
+
+def load_prompt_set(path: PromptSource, role: str) -> PromptSet:
+    """Load a user's prompt file (.txt, .jsonl, .csv, .parquet), a Hub dataset split (``hf://datasets/...``, see
+    :mod:`bakesteer.prompt_sources`), or the shipped default for ``role`` (``positive``, ``negative`` or ``eval``).
 
     Raises:
         PromptSetError: missing, unreadable, unknown format, or too small.
     """
+    from bakesteer.prompt_sources import is_hub_dataset, is_parquet, read_hub_dataset, read_parquet_file
+
     if path is None:
         filename = DEFAULT_SETS[role]
         text = resources.files("bakesteer.data").joinpath(filename).read_text(encoding="utf-8")
         return make_prompt_set(f"default:{filename}", text.splitlines())
+    if is_hub_dataset(path):
+        name, prompts, source = read_hub_dataset(str(path))
+        return make_prompt_set(name, prompts, source)
     path = Path(path)
+    if is_parquet(path):
+        return make_prompt_set(*read_parquet_file(path))
     if not path.is_file():
         raise PromptSetError(path.name, reason="file not found", hint=f"check the {ROLE_FLAGS[role]} path")
     try:
@@ -179,6 +205,7 @@ def render_prompts(
     chat_template: bool,
     limit: int | None = None,
     name: str = "",
+    system: str | None = None,
 ) -> list[list[int]]:
     """Token ids for each prompt (checked against the model's context ``limit`` when given, see
     :func:`check_lengths`; ``name`` is the set's name for the error).
@@ -186,17 +213,22 @@ def render_prompts(
     With ``chat_template`` and a tokenizer that has one, each prompt becomes a single user turn followed by the
     generation prompt; the template already writes the special tokens, so none are added again. Otherwise the
     tokenizer's own special tokens (e.g. BOS) are added to the raw text.
+
+    A ``system`` prompt becomes a system turn before the user's; without a chat template it is written before the
+    prompt, separated by a blank line.
     """
     templated = bool(chat_template and getattr(tokenizer, "chat_template", None))
     ids: list[list[int]] = []
     for prompt in prompts:
         if templated:
+            turns = [{"role": "system", "content": system}] if system else []
             text = tokenizer.apply_chat_template(
-                [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=False
+                [*turns, {"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=False
             )
             ids.append(list(tokenizer(text, add_special_tokens=False)["input_ids"]))
         else:
-            ids.append(list(tokenizer(prompt, add_special_tokens=True)["input_ids"]))
+            text = f"{system}\n\n{prompt}" if system else prompt
+            ids.append(list(tokenizer(text, add_special_tokens=True)["input_ids"]))
     if limit:
         check_lengths(ids, tuple(prompts), name=name, limit=limit)
     return ids
@@ -229,7 +261,7 @@ def reference_text() -> str:
     return resources.files("bakesteer.data").joinpath(REFERENCE_TEXT).read_text(encoding="utf-8")
 
 
-def prompt_hashes(options: Any) -> dict[str, str]:
+def prompt_hashes(options: Any) -> dict[str, str | None]:
     """SHA-256 of the positive, negative and eval prompt sets that ``options`` (a ``ConvertOptions``) names, as the
     fingerprint reads them.
 
@@ -237,4 +269,35 @@ def prompt_hashes(options: Any) -> dict[str, str]:
         PromptSetError: a set cannot be read.
     """
     files = {"positive": options.positive, "negative": options.negative, "eval": options.eval_prompts}
-    return {role: load_prompt_set(path, role).sha256 for role, path in files.items()}
+    return {role: pinned_hash(load_prompt_set(path, role).describe()) for role, path in files.items()}
+
+
+def pinned_hash(described: dict[str, Any]) -> str | None:
+    """A set's hash as the fingerprint reads it: its SHA-256, and for a Hub dataset ``@`` the commit it was read at.
+
+    Args:
+        described: ``PromptSet.describe()``, as ``bakesteer.json`` records it.
+    """
+    sha = described.get("sha256")
+    source = described.get("source")
+    return f"{sha}@{source['revision']}" if sha and source else sha
+
+
+def baseline_text(value: str) -> str:
+    """``--baseline-prompt``: the text of the file it names, or the text itself.
+
+    Raises:
+        PromptSetError: an empty prompt, or a file that is not UTF-8.
+    """
+    path = Path(value)
+    text = value
+    if len(value) < 4096 and "\n" not in value and path.is_file():
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as err:
+            raise PromptSetError(path.name, reason=f"cannot read it ({err})", hint="pass a UTF-8 text file") from None
+    if not text.strip():
+        raise PromptSetError(
+            "--baseline-prompt", reason="is empty", hint="pass the system prompt, or a file holding it"
+        )
+    return text.strip()

@@ -66,6 +66,8 @@ class VariantOutcome:
     error: str | None = None
     validation: dict[str, Any] | None = None
     seconds: float = 0.0
+    #: Refused by the degeneration gate (the failure ``publish`` exits 3 for).
+    degenerate: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         v = self.variant
@@ -181,7 +183,7 @@ def plan_matrix(report: PublishReport) -> dict[str, Any]:
     return {"include": list(entries.values())}
 
 
-def _planned_fingerprint(variant: Variant, source: dict[str, Any], prompt_sha: dict[str, str]) -> str:
+def _planned_fingerprint(variant: Variant, source: dict[str, Any], prompt_sha: dict[str, str | None]) -> str:
     return fingerprint_of(source, __version__, variant.options.to_dict(), prompt_sha)
 
 
@@ -242,7 +244,10 @@ def publish(
 
 def _failed(outcome: VariantOutcome, err: BaseException, started: float) -> VariantOutcome:
     """The one place a variant is marked failed: its status, the error's one line and the seconds it took."""
+    from bakesteer.errors import DegenerateError
+
     outcome.status, outcome.error = "failed", _failure(err)
+    outcome.degenerate = isinstance(err, DegenerateError)
     outcome.seconds = time.perf_counter() - started
     return outcome
 
@@ -269,7 +274,7 @@ def plan_variants(
     from bakesteer.source import source_identity
 
     sources: dict[tuple[str, str | None], dict[str, Any] | BaseException] = {}
-    prompt_sha: dict[tuple[Path | None, ...], dict[str, str] | BaseException] = {}
+    prompt_sha: dict[tuple[Path | str | None, ...], dict[str, str | None] | BaseException] = {}
     pending: list[VariantOutcome] = []
     for variant in variants:
         started = time.perf_counter()
@@ -367,7 +372,7 @@ def _convert_and_push(
     """Convert one variant with the shared vector, then push it; fills in ``outcome`` (published or unchanged, or
     failed on any error)."""
     from bakesteer.hub import push
-    from bakesteer.pipeline import convert
+    from bakesteer.pipeline import check_degenerate, convert
 
     variant = outcome.variant
     started = time.perf_counter()
@@ -383,6 +388,7 @@ def _convert_and_push(
         if fingerprint != outcome.fingerprint:  # both come from the same record: a bug
             logger.warning("%s: fingerprint differs from the planned one", variant.target)
             outcome.fingerprint = fingerprint
+        check_degenerate(result.metadata, variant.options, variant.target)
         pushed = push(
             result.output,
             variant.repo_id,

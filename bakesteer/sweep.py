@@ -5,6 +5,11 @@ A sweep loads the model once, calibrates once (or reuses ``--vector``), measures
 every ``k`` and steering mode, steers with hooks and measures again (:mod:`bakesteer.measure` holds the recipes).
 ``k = 0`` is the base itself in both modes, so it is measured once. Last-token steering reads the reference text as
 generated tokens, each of which it steers, so its perplexity is the broadcast run's and is not measured twice.
+
+With ``--baseline-prompt`` the unsteered base also answers after that system prompt (mode ``prompted``, k = 0).
+With ``--judge`` every run's samples are judged after the measured model is freed (:mod:`bakesteer.judge`). A sweep
+reports each run's cumulative relative *dose* (band length x |k| / sqrt(d_model)) and the *window*: the k on each side
+at which the effect is present (judged, else the concept score, past :data:`EFFECT_THRESHOLDS`) and coherence holds.
 """
 
 from __future__ import annotations
@@ -15,13 +20,14 @@ import json
 import logging
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from bakesteer import degeneration
 from bakesteer.architectures import ArchitectureSpec
 from bakesteer.errors import EvaluationError, OptionError
 from bakesteer.hooks import STEERING_MODES, steering
@@ -41,7 +47,7 @@ from bakesteer.measure import (
 from bakesteer.metric_table import METRICS
 from bakesteer.options import ConvertOptions
 from bakesteer.progress import bar
-from bakesteer.prompts import PromptSet, load_prompt_set, reference_text
+from bakesteer.prompts import PromptSet, baseline_text, load_prompt_set, reference_text
 from bakesteer.record import SWEEP_PLOT
 from bakesteer.vector import SteeringVector
 from bakesteer.version import __version__
@@ -54,8 +60,18 @@ AUTO_GRID: tuple[float, ...] = (0.25, 0.5, 0.75, 1.0, 1.5, 2.0)
 #: ``--alpha auto`` keeps a k while its fluency (base perplexity of its eval completions) is at most this multiple
 #: of k = 0's ...
 AUTO_MAX_FLUENCY_RATIO = 2.0
-#: ... and its share of repeated 4-grams is at most k = 0's plus this.
+#: ... and its share of repeated 4-grams is at most k = 0's plus this (and the degeneration gate does not flag it).
 AUTO_MAX_REPETITION_INCREASE = 0.1
+#: The effect a window and a judged ``--alpha auto`` read, by what measured it: the key in a run's metrics and how
+#: far past k = 0's value (in the direction of k's sign) it must be. The concept score's anchors are 1 apart; judged
+#: concept ratings run 0-2; a judged refusal rate 0-1.
+EFFECT_THRESHOLDS = {
+    "concept": 0.5,
+    "judge.concept.eval": 0.5,
+    "judge.score.positive": 0.25,
+    "judge.score.eval": 0.25,
+}
+PROMPTED = "prompted"
 SWEEP_FILE = "sweep.json"
 SWEEP_CSV = "sweep.csv"
 LAYERS_PLOT = "layers.png"
@@ -69,10 +85,13 @@ class SweepRun:
     alpha: float
     mode: str
     metrics: dict[str, Any]
-    samples: list[dict[str, str]]
+    samples: list[dict[str, Any]]
+    dose: float | None = None
 
     def to_dict(self, *, samples: bool = True) -> dict[str, Any]:
         out: dict[str, Any] = {"alpha": self.alpha, "mode": self.mode, "metrics": self.metrics}
+        if self.dose is not None:
+            out["dose"] = self.dose
         if samples:
             out["samples"] = self.samples
         return out
@@ -93,6 +112,7 @@ class SweepResult:
         eval_set: The eval prompts' description (name, hash, count).
         settings: Generation length and the prompt sets' descriptions.
         seconds: Wall time of the measurements.
+        judge: The judge's identity and rubric, when one judged the samples.
     """
 
     model: str
@@ -104,6 +124,7 @@ class SweepResult:
     eval_set: dict[str, Any]
     settings: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
+    judge: dict[str, Any] | None = None
 
     def run(self, alpha: float, mode: str = "broadcast") -> SweepRun:
         """The run at ``alpha`` and ``mode``.
@@ -127,6 +148,9 @@ class SweepResult:
             "concept": self.concept,
             "eval_set": self.eval_set,
             "settings": self.settings,
+            "judge": self.judge,
+            "degeneration": degeneration.rule() if self.settings.get("long_prompts") else None,
+            "window": window(self.runs, self.judge),
             "runs": [run.to_dict(samples=samples) for run in self.runs],
         }
 
@@ -172,6 +196,8 @@ def measurement_inputs(
         eos_ids=eos_token_ids(model, tokenizer),
         pad_id=pad_token_id(tokenizer),
         max_positions=getattr(config, "max_position_embeddings", None),
+        long=options.long_prompts,
+        baseline_prompt=baseline_text(options.baseline_prompt) if options.baseline_prompt else None,
     )
 
 
@@ -216,23 +242,39 @@ class _Measurer:
         options: ConvertOptions,
     ) -> None:
         self.model, self.tokenizer, self.spec, self.inputs, self.options = model, tokenizer, spec, inputs, options
+        self.vector, self.band = vector, band
         self.probe: ConceptProbe = concept_probe(
             model, spec, inputs, vector.directions, band, batch_size=options.batch_size
         )
         self.base: RunOutputs = run_outputs(model, tokenizer, inputs, options)
         self.base_run = self.measure(self.base)
 
-    def measure(self, run: RunOutputs) -> tuple[dict[str, Any], list[dict[str, str]]]:
+    def measure(self, run: RunOutputs) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         reading: BaseReading = base_reading(
             self.model, self.spec, self.tokenizer, self.inputs, run, self.probe, batch_size=self.options.batch_size
         )
         return run_metrics(self.base, run, reading, self.inputs), run_samples(self.inputs, run)
+
+    def prompted(self) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        """The unsteered base answering after the baseline system prompt, measured like any run."""
+        inputs = self.inputs.with_baseline()
+        outputs = run_outputs(
+            self.model, self.tokenizer, inputs, self.options, reference_perplexity=self.base.perplexity
+        )
+        return self.measure(outputs)  # read after the plain prompt, like every other run
 
     def steered(self, offsets: torch.Tensor, mode: str, *, reference_perplexity: float | None) -> RunOutputs:
         with steering(self.model, self.spec, offsets, mode=mode):
             return run_outputs(
                 self.model, self.tokenizer, self.inputs, self.options, reference_perplexity=reference_perplexity
             )
+
+    def broadcast(self, alpha: float) -> SweepRun:
+        """One broadcast run at ``alpha``, measured."""
+        outputs = self.steered(self.vector.offsets(self.band, alpha), "broadcast", reference_perplexity=None)
+        metrics, samples = self.measure(outputs)
+        logger.info("k=%g broadcast: %s", alpha, metrics)
+        return SweepRun(alpha, "broadcast", metrics, samples, dose=relative_dose(self.band, self.vector.d_model)(alpha))
 
 
 def sweep_loaded(
@@ -248,7 +290,8 @@ def sweep_loaded(
     modes: Sequence[str],
     name: str,
 ) -> SweepResult:
-    """Measure ``model`` unsteered and steered at every ``k`` in ``alphas`` and every mode (hooks only).
+    """Measure ``model`` unsteered and steered at every ``k`` in ``alphas`` and every mode (hooks only), and, with a
+    baseline prompt, the prompted base.
 
     Raises:
         OptionError: an unknown mode, or no alpha.
@@ -260,7 +303,7 @@ def sweep_loaded(
     measurer = _Measurer(model, tokenizer, spec, inputs, vector, band, options)
     runs: list[SweepRun] = []
     steered = [(a, m) for a in alphas if a != 0 for m in modes]
-    results: dict[tuple[float, str], tuple[dict[str, Any], list[dict[str, str]]]] = {}
+    results: dict[tuple[float, str], tuple[dict[str, Any], list[dict[str, Any]]]] = {}
     broadcast_perplexity: dict[float, float] = {}
     # broadcast first for each k, so last-token reuses its reference perplexity
     order = sorted(steered, key=lambda item: (alphas.index(item[0]), item[1] != "broadcast"))
@@ -271,11 +314,29 @@ def sweep_loaded(
             broadcast_perplexity[alpha] = outputs.perplexity
         results[(alpha, mode)] = measurer.measure(outputs)
         logger.info("k=%g %s: %s", alpha, mode, results[(alpha, mode)][0])
+    dose = relative_dose(band, vector.d_model)
     for alpha in alphas:
         for mode in modes:
             metrics, samples = measurer.base_run if alpha == 0 else results[(alpha, mode)]
-            runs.append(SweepRun(alpha, mode, metrics, samples))
-    auroc = direction_auroc(model, spec, inputs, vector.directions, batch_size=options.batch_size)
+            runs.append(SweepRun(alpha, mode, metrics, samples, dose=dose(alpha)))
+    if inputs.prompted is not None:
+        runs.append(SweepRun(0.0, PROMPTED, *measurer.prompted(), dose=0.0))
+    return _result(measurer, runs, name=name, alphas=alphas, modes=modes, started=started)
+
+
+def _result(
+    measurer: _Measurer,
+    runs: list[SweepRun],
+    *,
+    name: str,
+    alphas: Sequence[float],
+    modes: Sequence[str],
+    started: float,
+) -> SweepResult:
+    options, vector, band = measurer.options, measurer.vector, measurer.band
+    auroc = direction_auroc(
+        measurer.model, measurer.spec, measurer.inputs, vector.directions, batch_size=options.batch_size
+    )
     return SweepResult(
         model=name,
         band=band,
@@ -283,17 +344,91 @@ def sweep_loaded(
         auroc=auroc,
         runs=runs,
         concept=measurer.probe.to_dict(),
-        eval_set=inputs.eval_set,
+        eval_set=measurer.inputs.eval_set,
         settings={
             "max_new_tokens": options.max_new_tokens,
             "chat_template": options.chat_template,
             "positive": vector.info.get("positive"),
             "negative": vector.info.get("negative"),
-            "alphas": alphas,
-            "modes": modes,
+            "alphas": list(alphas),
+            "modes": list(modes),
+            "long_prompts": measurer.inputs.long,
+            "long_tokens": options.long_tokens,
+            "baseline_prompt": baseline_text(options.baseline_prompt) if options.baseline_prompt else None,
         },
         seconds=round(time.perf_counter() - started, 3),
     )
+
+
+def relative_dose(band: tuple[int, int], d_model: int) -> Any:
+    """``k -> band length x |k| / sqrt(d_model)``: the cumulative relative dose of steering at ``k``."""
+    length = band[1] - band[0]
+    return lambda alpha: round(length * abs(alpha) / math.sqrt(d_model), 6)
+
+
+# --------------------------------------------------------------------------- effect, coherence, window
+
+
+def effect_key(judge: dict[str, Any] | None) -> str:
+    """What the effect is read from: the judge's concept rating (concept rubric), its score on the positive prompts
+    (a yes/no rubric, e.g. refusal), its eval score (any other rubric), else the concept score."""
+    if not judge:
+        return "concept"
+    rubric = judge["rubric"]
+    if rubric["verdict"] == "ratings" and "concept" in rubric.get("ratings", ["concept"]):
+        return "judge.concept.eval"
+    return "judge.score.positive" if rubric["verdict"] == "yesno" else "judge.score.eval"
+
+
+def effect(run: dict[str, Any], base: dict[str, Any], alpha: float, key: str) -> float | None:
+    """How far ``key`` moved from k = 0's value in the direction of ``alpha``'s sign (``None`` when unmeasured)."""
+    from bakesteer.metric_table import Metric
+
+    read = Metric(key, "", "", "", "", "", None)
+    now, then = read.raw(run), read.raw(base)
+    if now is None or then is None:
+        return None
+    return math.copysign(1.0, alpha) * (float(now) - float(then))
+
+
+def incoherence(run: dict[str, Any], base: dict[str, Any]) -> list[str]:
+    """Why a run is not coherent, against k = 0: fluency, repetition, or the degeneration gate (empty: coherent)."""
+    ratio = run["fluency"] / base["fluency"] if run["fluency"] is not None and base["fluency"] else math.inf
+    increase = run["repetition"] - base["repetition"]
+    reasons = []
+    if ratio > AUTO_MAX_FLUENCY_RATIO:
+        reasons.append(f"fluency {ratio:.3g}x k=0's")
+    if increase > AUTO_MAX_REPETITION_INCREASE:
+        reasons.append(f"repetition +{increase:.3g}")
+    degenerate = run.get("degenerate")
+    if degenerate and degenerate.get("flagged"):
+        reasons.append(f"degenerate ({degenerate['rate']:.0%} of long answers)")
+    return reasons
+
+
+def window(runs: Sequence[SweepRun], judge: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The k of the broadcast runs at which the effect is present and coherence holds, on each side of 0, with their
+    doses (``None`` without a k = 0 broadcast run)."""
+    broadcast = {r.alpha: r for r in runs if r.mode == "broadcast"}
+    if 0.0 not in broadcast:
+        return None
+    key = effect_key(judge)
+    threshold = EFFECT_THRESHOLDS[key]
+    base = broadcast[0.0].metrics
+    out: dict[str, Any] = {"effect": key, "threshold": threshold, "coherence": auto_rule()["coherence"]}
+    for side, sign in (("positive", 1.0), ("negative", -1.0)):
+        inside = []
+        for alpha in sorted((a for a in broadcast if a * sign > 0), key=abs):
+            moved = effect(broadcast[alpha].metrics, base, alpha, key)
+            if moved is not None and moved >= threshold and not incoherence(broadcast[alpha].metrics, base):
+                inside.append(alpha)
+        doses = [float(broadcast[a].dose or 0.0) for a in inside]
+        out[side] = (
+            {"alphas": inside, "k": [min(inside, key=abs), max(inside, key=abs)], "dose": [min(doses), max(doses)]}
+            if inside
+            else None
+        )
+    return out
 
 
 def check_grid(alphas: Sequence[float], modes: Sequence[str]) -> None:
@@ -321,17 +456,24 @@ def check_grid(alphas: Sequence[float], modes: Sequence[str]) -> None:
 # --------------------------------------------------------------------------- --alpha auto
 
 
-def auto_rule() -> dict[str, Any]:
-    """The ``--alpha auto`` rule, as recorded in ``bakesteer.json``."""
+def auto_rule(judge: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The ``--alpha auto`` rule, as recorded in ``bakesteer.json`` (the objective depends on whether a judge is
+    given)."""
+    coherence = (
+        f"fluency <= {AUTO_MAX_FLUENCY_RATIO:g} x fluency(k=0), repetition <= repetition(k=0) + "
+        f"{AUTO_MAX_REPETITION_INCREASE:g}, and not flagged by the degeneration gate"
+    )
+    objective = f"the largest judged effect ({effect_key(judge)})" if judge else "the strongest k kept"
     return {
         "grid": list(AUTO_GRID),
         "mode": "broadcast",
         "max_fluency_ratio": AUTO_MAX_FLUENCY_RATIO,
         "max_repetition_increase": AUTO_MAX_REPETITION_INCREASE,
+        "coherence": coherence,
+        "objective": "judge" if judge else "strongest",
         "text": (
-            "walk the grid from the weakest k; keep each k while fluency <= "
-            f"{AUTO_MAX_FLUENCY_RATIO:g} x fluency(k=0) and repetition <= repetition(k=0) + "
-            f"{AUTO_MAX_REPETITION_INCREASE:g}; the chosen k is the last one kept"
+            f"walk the grid up from the weakest k while {coherence}; stop at the first k that breaks it (no stronger "
+            f"k is run) and bisect once between the last k kept and that one; choose {objective}"
         ),
     }
 
@@ -342,51 +484,96 @@ def auto_alphas(direction: str) -> list[float]:
     return [0.0, *(sign * a for a in AUTO_GRID)]
 
 
-def choose_alpha(result: SweepResult, direction: str) -> tuple[float, list[dict[str, Any]]]:
-    """Apply the ``--alpha auto`` rule to a broadcast sweep over :func:`auto_alphas`.
+def _decision(run: SweepRun, base: dict[str, Any], *, bisect: bool = False) -> dict[str, Any]:
+    m = run.metrics
+    reasons = incoherence(m, base)
+    return {
+        "alpha": run.alpha,
+        "fluency_ratio": m["fluency"] / base["fluency"] if m["fluency"] is not None and base["fluency"] else math.inf,
+        "repetition_increase": m["repetition"] - base["repetition"],
+        "degenerate_rate": (m.get("degenerate") or {}).get("rate"),
+        "kept": not reasons,
+        "why_not": "; ".join(reasons),
+        "bisect": bisect,
+    }
+
+
+def walk_grid(
+    measure: Callable[[float], SweepRun], base: dict[str, Any], grid: Sequence[float]
+) -> tuple[list[SweepRun], list[dict[str, Any]]]:
+    """Measure ``grid`` (weakest first) until the first k that is not coherent against ``base`` (k = 0's metrics);
+    no stronger k is measured. Then measure once between the last k kept (or 0) and that one.
 
     Returns:
-        The chosen k and, per grid point, whether it was kept and why not.
+        The runs and one decision per run, in the order measured.
+    """
+    runs: list[SweepRun] = []
+    decisions: list[dict[str, Any]] = []
+    last_kept, rejected = 0.0, None
+    for alpha in bar(list(grid), desc="alpha auto", unit="run"):
+        runs.append(measure(alpha))
+        decisions.append(_decision(runs[-1], base))
+        if not decisions[-1]["kept"]:
+            rejected = alpha
+            break
+        last_kept = alpha
+    if rejected is not None:
+        runs.append(measure(round((last_kept + rejected) / 2, 6)))
+        decisions.append(_decision(runs[-1], base, bisect=True))
+    return runs, decisions
+
+
+def auto_sweep(
+    model: Any,
+    tokenizer: Any,
+    spec: ArchitectureSpec,
+    vector: SteeringVector,
+    band: tuple[int, int],
+    inputs: EvalInputs,
+    options: ConvertOptions,
+) -> tuple[SweepResult, list[dict[str, Any]]]:
+    """``--alpha auto``'s runs: k = 0, then the grid on ``options.direction``'s side from the weakest k, stopping at
+    the first k that is not coherent, then one bisection between the last k kept (or 0) and that one.
+
+    Returns:
+        The runs (k = 0 first, in the order run) and one decision per steered run.
+    """
+    started = time.perf_counter()
+    measurer = _Measurer(model, tokenizer, spec, inputs, vector, band, options)
+    base = SweepRun(0.0, "broadcast", *measurer.base_run, dose=0.0)
+    steered, decisions = walk_grid(measurer.broadcast, base.metrics, auto_alphas(options.direction)[1:])
+    runs = [base, *steered]
+    if inputs.prompted is not None:
+        runs.append(SweepRun(0.0, PROMPTED, *measurer.prompted(), dose=0.0))
+    alphas = [r.alpha for r in runs if r.mode == "broadcast"]
+    return _result(measurer, runs, name="", alphas=alphas, modes=["broadcast"], started=started), decisions
+
+
+def choose_alpha(result: SweepResult, decisions: list[dict[str, Any]], judge: dict[str, Any] | None = None) -> float:
+    """The k ``--alpha auto`` chooses among the kept runs: the strongest, or, with a judge, the one with the largest
+    judged effect (the weaker of equals).
 
     Raises:
-        EvaluationError: when even the weakest k breaks a limit.
+        EvaluationError: when no k was kept.
     """
-    base = result.run(0.0).metrics
-    base_fluency, base_repetition = base["fluency"], base["repetition"]
-    chosen: float | None = None
-    decisions: list[dict[str, Any]] = []
-    stopped = False
-    for alpha in auto_alphas(direction)[1:]:
-        m = result.run(alpha).metrics
-        ratio = m["fluency"] / base_fluency if m["fluency"] is not None and base_fluency else math.inf
-        increase = m["repetition"] - base_repetition
-        reasons = []
-        if ratio > AUTO_MAX_FLUENCY_RATIO:
-            reasons.append(f"fluency {ratio:.3g}x k=0's")
-        if increase > AUTO_MAX_REPETITION_INCREASE:
-            reasons.append(f"repetition +{increase:.3g}")
-        kept = not reasons and not stopped
-        if reasons:
-            stopped = True
-        if kept:
-            chosen = alpha
-        decisions.append(
-            {
-                "alpha": alpha,
-                "fluency_ratio": ratio,
-                "repetition_increase": increase,
-                "kept": kept,
-                "why_not": "; ".join(reasons) or ("a weaker k broke a limit" if not kept else ""),
-            }
-        )
-    if chosen is None:
+    kept = [d["alpha"] for d in decisions if d["kept"]]
+    if not kept:
         first = decisions[0]
         raise EvaluationError(
             "--alpha auto",
-            reason=f"even k = {first['alpha']:g} breaks a limit ({first['why_not']})",
+            reason=f"no k stays coherent (k = {first['alpha']:g}: {first['why_not']})",
             hint="pass an explicit --alpha, or look at `bakesteer sweep` for this model",
         )
-    return chosen, decisions
+    if judge is None:
+        return max(kept, key=abs)
+    key = effect_key(judge)
+    base = result.run(0.0).metrics
+
+    def score(alpha: float) -> tuple[float, float]:
+        moved = effect(result.run(alpha).metrics, base, alpha, key)
+        return (-math.inf if moved is None else moved, -abs(alpha))
+
+    return max(kept, key=score)
 
 
 # --------------------------------------------------------------------------- the library entry points
@@ -406,11 +593,15 @@ def sweep(
     Raises:
         BakesteerError: any bad input (see :mod:`bakesteer.errors`).
     """
+    from bakesteer.judge import JudgeSpec, check_reachable, judge_runs
     from bakesteer.loading import load_for_measurement
     from bakesteer.writer import AtomicDirectory
 
     options = options or ConvertOptions()
     check_grid([float(a) for a in alphas], list(modes))
+    judge = JudgeSpec.from_options(options)
+    if judge is not None:
+        check_reachable(judge)  # before any generation
     with AtomicDirectory(Path(output), overwrite=options.overwrite, source=model) as staging:
         with load_for_measurement(model, options, staging.scratch, alphas=tuple(alphas)) as loaded:
             inputs = measurement_inputs(loaded.tokenizer, loaded.model, options, loaded.positive, loaded.negative)
@@ -426,6 +617,8 @@ def sweep(
                 modes=modes,
                 name=loaded.name,
             )
+        if judge is not None:  # the measured model is freed: a local judge is the only model in memory
+            result.judge = judge_runs(judge, options, [(run.metrics, run.samples) for run in result.runs])
         result.write(staging.path)
         staging.commit()
     return result

@@ -112,13 +112,7 @@ def _option_value(name: str, value: Any, where: str, file: str, base_dir: Path) 
             return None
         if not isinstance(value, str) or not value:
             raise VariantsFileError(file, reason=f"{where}: {name} must be a path string, not {value!r}", hint=_HINT)
-        path = Path(value).expanduser()
-        path = path if path.is_absolute() else base_dir / path
-        if not path.is_file():
-            raise VariantsFileError(
-                file, reason=f"{where}: {name} file {value!r} not found", hint="paths are relative to the file"
-            )
-        return path
+        return _prompt_or_path(value, f"{where}: {name}", file, base_dir)
     base = {int: int, float: float, bool: bool, str: str}.get(kind)
     if base is None:  # Optional[str] and the like
         args = [a for a in typing.get_args(kind) if a is not type(None)]
@@ -131,6 +125,20 @@ def _option_value(name: str, value: Any, where: str, file: str, base_dir: Path) 
     if not ok:
         raise VariantsFileError(file, reason=f"{where}: {name} must be a {base.__name__}, not {value!r}", hint=_HINT)
     return value
+
+
+def _prompt_or_path(value: str, where: str, file: str, base_dir: Path) -> Path | str:
+    """A path in the file, relative to its directory, that must exist (``FILE.parquet#COLUMN``: the file part); a Hub
+    dataset name (``hf://datasets/...``) is kept as written."""
+    from bakesteer.prompt_sources import is_hub_dataset
+
+    if is_hub_dataset(value):
+        return value
+    path = Path(value).expanduser()
+    path = path if path.is_absolute() else base_dir / path
+    if not Path(str(path).split("#", 1)[0]).is_file():
+        raise VariantsFileError(file, reason=f"{where} file {value!r} not found", hint="paths are relative to the file")
+    return path
 
 
 def _options_table(table: Any, where: str, file: str, allowed: set[str], base_dir: Path) -> dict[str, Any]:
@@ -154,11 +162,11 @@ def _options_table(table: Any, where: str, file: str, allowed: set[str], base_di
     return out
 
 
-def _prompt_sets(data: dict[str, Any], base: Path, file: str) -> dict[str, tuple[Path | None, Path | None]]:
+def _prompt_sets(data: dict[str, Any], base: Path, file: str) -> dict[str, tuple[Any, Any]]:
     entries = data.get("prompt_sets", [{"name": DEFAULT_PROMPT_SET}])
     if not isinstance(entries, list) or not entries:
         raise VariantsFileError(file, reason="prompt_sets must be a non-empty list", hint=_HINT)
-    sets: dict[str, tuple[Path | None, Path | None]] = {}
+    sets: dict[str, tuple[Any, Any]] = {}
     for i, entry in enumerate(entries):
         where = f"prompt_sets[{i}]"
         if not isinstance(entry, dict) or not isinstance(entry.get("name"), str) or not entry["name"]:
@@ -170,18 +178,15 @@ def _prompt_sets(data: dict[str, Any], base: Path, file: str) -> dict[str, tuple
             )
         if entry["name"] in sets:
             raise VariantsFileError(file, reason=f"prompt set {entry['name']!r} is declared twice", hint=_HINT)
-        paths: list[Path | None] = []
+        paths: list[Path | str | None] = []
         for role in ("positive", "negative"):
             value = entry.get(role)
             if value is None:
                 paths.append(None)
                 continue
-            path = Path(value) if Path(value).is_absolute() else base / value
-            if not path.is_file():
-                raise VariantsFileError(
-                    file, reason=f"{where}: {role} file {value!r} not found", hint="paths are relative to the file"
-                )
-            paths.append(path)
+            if not isinstance(value, str) or not value:
+                raise VariantsFileError(file, reason=f"{where}: {role} must be a path string", hint=_HINT)
+            paths.append(_prompt_or_path(value, f"{where}: {role}", file, base))
         sets[entry["name"]] = (paths[0], paths[1])
     return sets
 

@@ -64,10 +64,22 @@ class HubState:
         self.repos[repo_id].branches[rev] = sha
         return sha
 
+    def add_dataset(self, repo_id: str, files: dict[str, bytes], *, branch: str = "main") -> str:
+        """Commit ``files`` (all LFS) to the dataset ``repo_id`` on ``branch``; returns the commit."""
+        with self.lock:
+            key = f"datasets/{repo_id}"
+            self.repos.setdefault(key, Repo())
+            return self.commit(key, branch, {p: ("lfs", data) for p, data in files.items()}, f"add {sorted(files)}")
+
     def files(self, repo_id: str, rev: str) -> tuple[str, dict[str, tuple[str, bytes]]]:
         repo = self.repos[repo_id]
         sha = repo.branches.get(rev, rev)
         return sha, repo.commits[sha]
+
+
+def _key(kind: str, repo_id: str) -> str:
+    """Where a repository lives in :attr:`HubState.repos`: a model by its id, a dataset as ``datasets/OWNER/NAME``."""
+    return repo_id if kind == "models" else f"datasets/{repo_id}"
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -273,9 +285,9 @@ class Handler(BaseHTTPRequestHandler):
             if not self._authorized():
                 return self._error(401, "Invalid credentials in Authorization header")
             return self._json(200, {"type": "user", "name": "me", "orgs": []})
-        m = re.fullmatch(r"/api/models/([^/]+/[^/]+)(?:/revision/(.+))?", path)
+        m = re.fullmatch(r"/api/(models|datasets)/([^/]+/[^/]+)(?:/revision/(.+))?", path)
         if m:
-            repo_id, rev = m.group(1), m.group(2) or "main"
+            repo_id, rev = _key(m.group(1), m.group(2)), m.group(3) or "main"
             repo = st.repos.get(repo_id)
             if repo is None or (repo.private and not self._authorized()):
                 return self._error(404, "Repository not found", "RepoNotFound")
@@ -285,17 +297,17 @@ class Handler(BaseHTTPRequestHandler):
             return self._json(
                 200,
                 {
-                    "id": repo_id,
-                    "modelId": repo_id,
+                    "id": m.group(2),
+                    "modelId": m.group(2),
                     "sha": sha,
                     "private": repo.private,
                     "siblings": [{"rfilename": p} for p in sorted(files)],
                     "tags": [],
                 },
             )
-        m = re.fullmatch(r"/api/models/([^/]+/[^/]+)/tree/([^/]+)(/.*)?", path)
+        m = re.fullmatch(r"/api/(models|datasets)/([^/]+/[^/]+)/tree/([^/]+)(/.*)?", path)
         if m:
-            repo_id, rev = m.group(1), m.group(2)
+            repo_id, rev = _key(m.group(1), m.group(2)), m.group(3)
             if repo_id not in st.repos:
                 return self._error(404, "Repository not found", "RepoNotFound")
             _, files = st.files(repo_id, rev)
@@ -306,9 +318,9 @@ class Handler(BaseHTTPRequestHandler):
                     entry["lfs"] = {"oid": hashlib.sha256(data).hexdigest(), "size": len(data), "pointerSize": 134}
                 entries.append(entry)
             return self._json(200, entries)
-        m = re.fullmatch(r"/([^/]+/[^/]+)/resolve/([^/]+)/(.+)", path)
+        m = re.fullmatch(r"/(datasets/)?([^/]+/[^/]+)/resolve/([^/]+)/(.+)", path)
         if m:
-            repo_id, rev, file_path = m.group(1), m.group(2), m.group(3)
+            repo_id, rev, file_path = _key("datasets" if m.group(1) else "models", m.group(2)), m.group(3), m.group(4)
             if repo_id not in st.repos:
                 return self._error(404, "Repository not found", "RepoNotFound")
             sha, files = st.files(repo_id, rev)

@@ -64,7 +64,8 @@ def test_csv_with_commas_and_quotes(tmp_path: Path) -> None:
         ("dupes.txt", "\n".join([PROMPTS[0]] * 50), "has 1 distinct"),
         ("bad.jsonl", "{not json}\n", "line 1 is not JSON"),
         ("nofield.jsonl", '{"a": "x", "b": "y"}\n', "no prompt column"),
-        ("set.parquet", "x", "unknown format"),
+        ("set.xlsx", "x", "unknown format"),
+        ("set.parquet", "x", r"is not a readable parquet file \(ArrowInvalid\)"),
     ],
 )
 def test_bad_prompt_files(tmp_path: Path, name: str, content: str, reason: str) -> None:

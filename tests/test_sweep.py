@@ -19,7 +19,11 @@ from bakesteer.sweep import (
     SweepRun,
     auto_alphas,
     choose_alpha,
+    effect_key,
+    relative_dose,
     sweep,
+    walk_grid,
+    window,
 )
 
 #: Short generations and few eval prompts keep the tier fast; the recipes do not depend on the sizes.
@@ -160,9 +164,23 @@ def test_sweep_runs_and_files(swept: SweepResult, tmp_path_factory: pytest.TempP
     n_eval, n_pos, n_neg = 10, 3, 3  # 10 eval prompts; ceil(0.2 * 12) held out of each 12-prompt set
     for run in swept.runs:
         sets = [s["set"] for s in run.samples]
-        assert sets == ["eval"] * n_eval + ["positive"] * n_pos + ["negative"] * n_neg
+        assert sets == ["eval"] * n_eval + ["positive"] * n_pos + ["negative"] * n_neg + ["long"] * 4
         m = run.metrics
-        assert set(m) == {"kl", "perplexity", "fluency", "repetition", "concept", "refusal_rate", "refusal_score"}
+        assert set(m) == {
+            "kl",
+            "perplexity",
+            "fluency",
+            "repetition",
+            "concept",
+            "refusal_rate",
+            "refusal_score",
+            "degenerate",
+        }
+        assert m["degenerate"]["answers"] == 4 and set(m["degenerate"]["reasons"]) == {
+            "loop",
+            "unclosed_think",
+            "script",
+        }
         assert 0 <= m["repetition"] <= 1 and set(m["refusal_rate"]) == {"positive", "negative"}
     assert len(swept.auroc) == 5 and all(a is None or 0 <= a <= 1 for a in swept.auroc)
     assert swept.concept["layer"] == 3  # the middle of band 2-4
@@ -178,7 +196,7 @@ def test_sweep_files(swept: SweepResult, llama_dir: Path, options: ConvertOption
     assert set(data) >= {"model", "bakesteer_version", "band", "auroc", "runs"}
     assert data["model"] == "llama" and data["band"] == [2, 5]
     run = data["runs"][0]
-    assert set(run) == {"alpha", "mode", "metrics", "samples"} and set(run["samples"][0]) == {
+    assert set(run) == {"alpha", "mode", "metrics", "samples", "dose"} and set(run["samples"][0]) == {
         "set",
         "prompt",
         "completion",
@@ -263,34 +281,90 @@ def test_eval_refuses_what_it_cannot_measure(llama_dir: Path, options: ConvertOp
 # --------------------------------------------------------------------------- --alpha auto
 
 
-def _synthetic(fluency: dict[float, float], repetition: dict[float, float] | None = None) -> SweepResult:
-    repetition = repetition or {}
-    runs = [
-        SweepRun(a, "broadcast", {"fluency": f, "repetition": repetition.get(a, 0.05)}, []) for a, f in fluency.items()
-    ]
-    return SweepResult("m", (0, 1), [1.0], [None], runs, {}, {})
+def _metrics(fluency: float, repetition: float = 0.05, degenerate: float = 0.0, concept: float = 0.0) -> dict:
+    flagged = degenerate >= 0.5
+    return {
+        "fluency": fluency,
+        "repetition": repetition,
+        "concept": concept,
+        "degenerate": {"rate": degenerate, "answers": 4, "reasons": {}, "flagged": flagged},
+    }
 
 
-def test_auto_rule_keeps_the_strongest_k_before_the_first_violation() -> None:
-    grid = auto_alphas("positive")
-    assert grid == [0.0, *AUTO_GRID]
+def _walk(table: dict[float, dict], direction: str = "positive") -> tuple[list[float], list[dict], list[float]]:
+    measured: list[float] = []
+
+    def measure(alpha: float) -> SweepRun:
+        measured.append(alpha)
+        return SweepRun(alpha, "broadcast", table[alpha], [])
+
+    runs, decisions = walk_grid(measure, table[0.0], auto_alphas(direction)[1:])
+    assert [r.alpha for r in runs] == measured
+    return measured, decisions, [d["alpha"] for d in decisions if d["kept"]]
+
+
+def test_auto_walks_up_stops_at_the_first_violation_and_bisects_once() -> None:
+    assert auto_alphas("positive") == [0.0, *AUTO_GRID]
     assert auto_alphas("negative") == [0.0, *(-a for a in AUTO_GRID)]
     limit = AUTO_MAX_FLUENCY_RATIO * 10
-    fluency = {0.0: 10.0, 0.25: 11, 0.5: 12, 0.75: 15, 1.0: limit + 1, 1.5: 12, 2.0: 50}
-    k, decisions = choose_alpha(_synthetic(fluency), "positive")
-    assert k == 0.75  # 1.5 is within the limit again, but comes after a violation
-    assert [d["kept"] for d in decisions] == [True, True, True, False, False, False]
+    table = {0.0: _metrics(10.0), 0.25: _metrics(11), 0.5: _metrics(12), 0.75: _metrics(15)}
+    table |= {1.0: _metrics(limit + 1), 0.875: _metrics(16), 1.5: _metrics(12), 2.0: _metrics(50)}
+    measured, decisions, kept = _walk(table)
+    assert measured == [0.25, 0.5, 0.75, 1.0, 0.875]  # 1.5 and 2.0 are never run; one bisection
+    assert kept == [0.25, 0.5, 0.75, 0.875] and decisions[-1]["bisect"] and not decisions[3]["kept"]
     assert decisions[3]["why_not"] == f"fluency {(limit + 1) / 10:.3g}x k=0's"
-    assert decisions[4]["why_not"] == "a weaker k broke a limit"
-    k, _ = choose_alpha(_synthetic({0.0: 10.0, **{a: 10.0 for a in AUTO_GRID}}), "positive")
-    assert k == AUTO_GRID[-1]
-    rep = {0.0: 0.05, 0.25: 0.05, 0.5: 0.2}
-    k, decisions = choose_alpha(_synthetic({0.0: 10.0, **{a: 10.0 for a in AUTO_GRID}}, rep), "positive")
-    assert k == 0.25 and decisions[1]["why_not"].startswith("repetition +0.15")
-    negative = {0.0: 10.0, **{-a: 10.0 for a in AUTO_GRID}}
-    negative[-0.25] = 100.0
-    with pytest.raises(EvaluationError, match=r"even k = -0.25 breaks a limit \(fluency 10x k=0's\)"):
-        choose_alpha(_synthetic(negative), "negative")
+    result = SweepResult(
+        "m", (0, 1), [1.0], [None], [SweepRun(a, "broadcast", m, []) for a, m in table.items()], {}, {}
+    )
+    assert choose_alpha(result, decisions) == 0.875  # the strongest coherent k
+    # a grid that never breaks: every k, no bisection
+    calm = {a: _metrics(10.0) for a in (0.0, *AUTO_GRID)}
+    measured, decisions, kept = _walk(calm)
+    assert measured == list(AUTO_GRID) and not any(d["bisect"] for d in decisions)
+    # repetition and the degeneration gate are violations too; a failing bisection keeps nothing new
+    table = {0.0: _metrics(10.0), 0.25: _metrics(10.0), 0.5: _metrics(10.0, repetition=0.2), 0.375: _metrics(10, 0.3)}
+    measured, decisions, kept = _walk(table)
+    assert measured == [0.25, 0.5, 0.375] and kept == [0.25]
+    assert decisions[1]["why_not"].startswith("repetition +0.15")
+    table = {0.0: _metrics(10.0), -0.25: _metrics(10.0, degenerate=0.75), -0.125: _metrics(10.0)}
+    measured, decisions, kept = _walk(table, "negative")
+    assert measured == [-0.25, -0.125] and kept == [-0.125]  # bisected between 0 and the first k
+    assert decisions[0]["why_not"] == "degenerate (75% of long answers)"
+    table = {0.0: _metrics(10.0), -0.25: _metrics(100.0), -0.125: _metrics(100.0)}
+    measured, decisions, kept = _walk(table, "negative")
+    result = SweepResult(
+        "m", (0, 1), [1.0], [None], [SweepRun(a, "broadcast", m, []) for a, m in table.items()], {}, {}
+    )
+    with pytest.raises(EvaluationError, match=r"no k stays coherent \(k = -0.25: fluency 10x k=0's\)"):
+        choose_alpha(result, decisions)
+
+
+def test_auto_with_a_judge_chooses_the_largest_judged_effect() -> None:
+    judge = {"rubric": {"name": "concept", "verdict": "ratings", "ratings": ["concept", "instruction", "fluency"]}}
+    table = {a: _metrics(10.0) for a in (0.0, *AUTO_GRID)}
+    for alpha, rating in zip((0.0, *AUTO_GRID), (0.2, 0.5, 1.4, 1.4, 1.1, 0.9, 0.8), strict=True):
+        table[alpha]["judge"] = {"concept": {"eval": rating}}
+    runs = [SweepRun(a, "broadcast", m, []) for a, m in table.items()]
+    _, decisions, _ = _walk(table)
+    result = SweepResult("m", (0, 1), [1.0], [None], runs, {}, {})
+    assert choose_alpha(result, decisions, judge) == 0.5  # 0.5 and 0.75 tie: the weaker one
+    assert choose_alpha(result, decisions) == 2.0  # without the judge: the strongest coherent k
+    assert effect_key(judge) == "judge.concept.eval" and effect_key(None) == "concept"
+    assert effect_key({"rubric": {"verdict": "yesno"}}) == "judge.score.positive"
+
+
+def test_window_and_dose() -> None:
+    table = {a: _metrics(10.0, concept=0.1 * a) for a in (-1.0, -0.5, 0.0, 0.5, 1.0, 2.0)}
+    table[0.5]["concept"], table[1.0]["concept"], table[2.0]["concept"] = 0.6, 1.2, 1.9
+    table[-1.0]["concept"] = -0.7
+    table[2.0]["fluency"] = 30.0  # the effect is there, but coherence is not
+    dose = relative_dose((10, 20), 64)
+    runs = [SweepRun(a, "broadcast", m, [], dose=dose(a)) for a, m in table.items()]
+    found = window(runs, None)
+    assert found is not None and found["effect"] == "concept" and found["threshold"] == 0.5
+    assert found["positive"] == {"alphas": [0.5, 1.0], "k": [0.5, 1.0], "dose": [0.625, 1.25]}  # 10 * k / 8
+    assert found["negative"] == {"alphas": [-1.0], "k": [-1.0, -1.0], "dose": [1.25, 1.25]}
+    assert window([SweepRun(1.0, "broadcast", table[1.0], [])], None) is None  # no k = 0 to compare with
 
 
 def test_convert_alpha_auto_and_eval(llama_dir: Path, options: ConvertOptions, tmp_path: Path) -> None:
@@ -301,11 +375,18 @@ def test_convert_alpha_auto_and_eval(llama_dir: Path, options: ConvertOptions, t
     result = convert(str(llama_dir), tmp_path / "auto", options.replace(alpha="auto", eval=True))
     meta = json.loads((result.output / "bakesteer.json").read_text())
     record = meta["sweep"]
-    assert record["grid"] == [0.0, *AUTO_GRID] and record["rule"]["max_fluency_ratio"] == AUTO_MAX_FLUENCY_RATIO
+    assert record["rule"]["max_fluency_ratio"] == AUTO_MAX_FLUENCY_RATIO and record["chosen_by"] == "coherence"
     runs = {run["alpha"]: run["metrics"] for run in record["runs"]}
-    assert set(runs) == set(record["grid"])
+    assert list(runs) == record["grid"] and record["grid"][0] == 0.0
+    assert record["runs_measured"] == len(record["decisions"]) + 1 == len(runs)
+    # the walk stopped at its first violation (and bisected once after it), or ran the whole grid
+    refused = [d for d in record["decisions"] if not d["kept"] and not d["bisect"]]
+    if refused:
+        assert record["decisions"].index(refused[0]) == len(record["decisions"]) - 2
+    else:
+        assert record["grid"] == [0.0, *AUTO_GRID]
     # the recorded decision follows from the recorded metrics
-    expected = max(d["alpha"] for d in record["decisions"] if d["kept"])
+    expected = max((d["alpha"] for d in record["decisions"] if d["kept"]), key=abs)
     assert record["chosen"] == expected == meta["method"]["k"] == result.alpha
     assert meta["options"]["alpha"] == "auto" and meta["method"]["k_chosen_by"] == "sweep"
     vector = SteeringVector.load(result.output / "steering.safetensors")
@@ -318,7 +399,7 @@ def test_convert_alpha_auto_and_eval(llama_dir: Path, options: ConvertOptions, t
     for key in ("kl", "perplexity", "fluency", "repetition", "concept"):
         assert evaluation["metrics"]["model"][key] == pytest.approx(runs[expected][key], rel=1e-5, abs=1e-5)
     full = json.loads((result.output / "evaluation.json").read_text())
-    assert len(full["samples"]["model"]) == 10 + 3 + 3
+    assert len(full["samples"]["model"]) == 10 + 3 + 3 + 4
     assert evaluation["examples"]["model"] == [s for s in full["samples"]["model"] if s["set"] == "eval"][:3]
     card = ModelCard.load(result.output / "README.md").text
     m = evaluation["metrics"]["model"]
@@ -340,3 +421,32 @@ def test_convert_alpha_auto_and_eval(llama_dir: Path, options: ConvertOptions, t
     assert metadata_fingerprint(Record(meta)) == meta["fingerprint"]
     changed = {**meta, "options": {**meta["options"], "max_new_tokens": 9}}
     assert metadata_fingerprint(Record(changed)) != meta["fingerprint"]
+
+
+def test_sweep_with_a_prompted_baseline_row(llama_dir: Path, options: ConvertOptions, tmp_path: Path) -> None:
+    result = sweep(
+        str(llama_dir),
+        tmp_path / "sweep",
+        options.replace(baseline_prompt="Always answer in French."),
+        alphas=(0.0, 1.0),
+        modes=("broadcast",),
+    )
+    assert [(r.alpha, r.mode) for r in result.runs] == [(0.0, "broadcast"), (1.0, "broadcast"), (0.0, "prompted")]
+    base, prompted = result.run(0.0).metrics, result.run(0.0, "prompted").metrics
+    assert prompted["kl"] > 0 and prompted["perplexity"] == base["perplexity"] and prompted["degenerate"]
+    assert [s["prompt"] for s in result.run(0.0, "prompted").samples] == [s["prompt"] for s in result.run(0.0).samples]
+    rows = list(csv.DictReader(io.StringIO((tmp_path / "sweep" / "sweep.csv").read_text())))
+    assert [r["mode"] for r in rows] == ["broadcast", "broadcast", "prompted"]
+    data = json.loads((tmp_path / "sweep" / "sweep.json").read_text())
+    assert data["settings"]["baseline_prompt"] == "Always answer in French."
+    assert data["runs"][1]["dose"] == pytest.approx(3 * 1.0 / 8)  # band 2-4 of the tiny model, d_model 64
+    # the baseline changes what the base is asked, not what it is: without a chat template it is written before
+    from transformers import AutoTokenizer
+
+    from bakesteer.prompts import render_prompts
+
+    tokenizer = AutoTokenizer.from_pretrained(llama_dir)
+    plain = render_prompts(tokenizer, ["Hi"], chat_template=False, system="Be brief.")
+    assert plain == [list(tokenizer("Be brief.\n\nHi")["input_ids"])]
+    templated = tokenizer.decode(render_prompts(tokenizer, ["Hi"], chat_template=True, system="Be brief.")[0])
+    assert templated.index("Be brief.") < templated.index("Hi")
