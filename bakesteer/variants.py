@@ -113,6 +113,11 @@ def _option_value(name: str, value: Any, where: str, file: str, base_dir: Path) 
         if not isinstance(value, str) or not value:
             raise VariantsFileError(file, reason=f"{where}: {name} must be a path string, not {value!r}", hint=_HINT)
         return _prompt_or_path(value, f"{where}: {name}", file, base_dir)
+    if name == "rubric" and isinstance(value, str):
+        from bakesteer.judge import RUBRICS
+
+        # a shipped rubric by name, or a template file relative to the variants file
+        return value if value in RUBRICS else str(_prompt_or_path(value, f"{where}: {name}", file, base_dir))
     base = {int: int, float: float, bool: bool, str: str}.get(kind)
     if base is None:  # Optional[str] and the like
         args = [a for a in typing.get_args(kind) if a is not type(None)]

@@ -316,7 +316,11 @@ def test_convert_eval_with_a_judge_and_a_prompted_baseline(
     assert set(full["metrics"]) == {"model", "base", "prompted"}
     assert full["settings"]["baseline_prompt"] == "Answer with joy."
     n_eval = sum(1 for s in full["samples"]["model"] if s["set"] == "eval")
-    assert served == 3 * n_eval  # the concept rubric judges the eval prompts of each of the three rows
+    distinct = {
+        (s["prompt"], s["completion"]) for who in full["samples"] for s in full["samples"][who] if s["set"] == "eval"
+    }
+    assert served == len(distinct)  # the eval prompts of the three rows, each distinct answer once (the cache)
+    assert 2 * n_eval < served <= 3 * n_eval
     for who in ("model", "base", "prompted"):
         judge = full["metrics"][who]["judge"]
         assert judge["score"] == {"eval": 1.5} and judge["concept"] == {"eval": 1.0}  # harmonic mean of 1, 2, 2
@@ -351,9 +355,36 @@ def test_a_degenerate_checkpoint_is_not_pushed_unless_allowed(
     args += ["--push-to-hub", "me/steered"]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 3, result.output
-    assert result.output.strip().splitlines()[-1].startswith("me/steered degenerates: 100% of its long answers")
+    assert result.output.strip().splitlines()[-1].startswith("bakesteer: error: me/steered degenerates: 100% of its")
     assert "--allow-degenerate" in result.output and (out / "bakesteer.json").is_file()
     assert "me/steered" not in hub.state.repos  # type: ignore[attr-defined]
     result = CliRunner().invoke(main, [*args, "--overwrite", "--allow-degenerate"])
     assert result.exit_code == 0, result.output
     assert "me/steered" in hub.state.repos  # type: ignore[attr-defined]
+
+
+def test_a_variants_file_takes_a_judge_a_baseline_and_hub_datasets(tmp_path: Path) -> None:
+    from bakesteer.variants import load_variants
+
+    (tmp_path / "rubric.txt").write_text("Score the formality of {completion}.\nScore: N\n")
+    (tmp_path / "v.toml").write_text(
+        '[defaults]\njudge = "http://127.0.0.1:8000"\nrubric = "rubric.txt"\neval = true\n'
+        'baseline_prompt = "Answer joyfully."\neval_prompts = "hf://datasets/org/bench:standard/test#prompt"\n'
+        '[[prompt_sets]]\nname = "bench"\npositive = "hf://datasets/org/bench:standard/train#prompt"\n'
+        '[[models]]\nmodel = "org/model"\nalphas = ["auto"]\nrepo = "me/{model}-{prompt_set}"\n'
+    )
+    (variant,) = load_variants(tmp_path / "v.toml")
+    options = variant.options
+    assert options.judge == "http://127.0.0.1:8000" and options.baseline_prompt == "Answer joyfully."
+    assert options.rubric == str(tmp_path / "rubric.txt")  # a template file, relative to the variants file
+    assert options.positive == "hf://datasets/org/bench:standard/train#prompt"  # kept as a name, not a path
+    assert options.eval_prompts == "hf://datasets/org/bench:standard/test#prompt"
+    # an auto variant's fingerprint covers the judge and its rubric
+    from bakesteer.fingerprint import fingerprint_of
+
+    source = {"kind": "hub", "model_id": "org/model", "revision": "0" * 40}
+    hashes = {"positive": "a", "negative": "b", "eval": "c"}
+    judged = fingerprint_of(source, "v", options.to_dict(), hashes)
+    other = fingerprint_of(source, "v", options.replace(concept="joy", rubric="concept").to_dict(), hashes)
+    unjudged = fingerprint_of(source, "v", options.replace(judge=None).to_dict(), hashes)
+    assert len({judged, other, unjudged}) == 3
