@@ -198,4 +198,5 @@ def demo_report(result: Any) -> str:
     prompts = report.eval_set["prompts"]
     lines += ["", f"all {prompts} demo prompts, {report.settings['max_new_tokens']} tokens:"]
     lines.append(metrics_table(eval_rows(report.metrics, report.alpha)))
+    lines += degenerate_lines([(f"k={report.alpha:g}", report.metrics["model"])])
     return "\n".join(lines)

@@ -215,7 +215,7 @@ def _choose_alpha(job: _Job, output: Path) -> tuple[float, dict[str, Any]]:
         "grid": auto_alphas_tried(result),
         "rule": auto_rule(result.judge),
         "chosen": k,
-        "chosen_by": "judge" if result.judge else "coherence",
+        "chosen_by": chosen_by(result),
         "runs_measured": len([r for r in result.runs if r.mode == "broadcast"]),
         "decisions": decisions,
         "eval_set": result.eval_set,
@@ -226,6 +226,16 @@ def _choose_alpha(job: _Job, output: Path) -> tuple[float, dict[str, Any]]:
         "runs": [run.to_dict(samples=False) for run in result.runs],
     }
     return k, record
+
+
+def chosen_by(result: Any) -> str:
+    """Which objective chose k: ``judge``, or ``coherence`` (no judge, or a judge whose every reply at k = 0 was
+    unparseable: the effect is then the concept score's)."""
+    from bakesteer.sweep import readable_effect_key
+
+    if not result.judge:
+        return "coherence"
+    return "judge" if readable_effect_key(result.judge, result.run(0.0).metrics) != "concept" else "coherence"
 
 
 def auto_alphas_tried(result: Any) -> list[float]:

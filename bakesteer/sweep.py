@@ -380,6 +380,12 @@ def effect_key(judge: dict[str, Any] | None) -> str:
     return "judge.score.positive" if rubric["verdict"] == "yesno" else "judge.score.eval"
 
 
+def readable_effect_key(judge: dict[str, Any] | None, base: dict[str, Any]) -> str:
+    """:func:`effect_key`, or the concept score when the judge read nothing at k = 0 (every reply unparseable)."""
+    key = effect_key(judge)
+    return key if effect(base, base, 1.0, key) is not None else "concept"
+
+
 def effect(run: dict[str, Any], base: dict[str, Any], alpha: float, key: str) -> float | None:
     """How far ``key`` moved from k = 0's value in the direction of ``alpha``'s sign (``None`` when unmeasured)."""
     from bakesteer.metric_table import Metric
@@ -412,9 +418,9 @@ def window(runs: Sequence[SweepRun], judge: dict[str, Any] | None) -> dict[str, 
     broadcast = {r.alpha: r for r in runs if r.mode == "broadcast"}
     if 0.0 not in broadcast:
         return None
-    key = effect_key(judge)
-    threshold = EFFECT_THRESHOLDS[key]
     base = broadcast[0.0].metrics
+    key = readable_effect_key(judge, base)
+    threshold = EFFECT_THRESHOLDS[key]
     out: dict[str, Any] = {"effect": key, "threshold": threshold, "coherence": auto_rule()["coherence"]}
     for side, sign in (("positive", 1.0), ("negative", -1.0)):
         inside = []
@@ -564,10 +570,10 @@ def choose_alpha(result: SweepResult, decisions: list[dict[str, Any]], judge: di
             reason=f"no k stays coherent (k = {first['alpha']:g}: {first['why_not']})",
             hint="pass an explicit --alpha, or look at `bakesteer sweep` for this model",
         )
-    if judge is None:
+    base = result.run(0.0).metrics
+    if judge is None or readable_effect_key(judge, base) == "concept":  # no judge, or one that read nothing
         return max(kept, key=abs)
     key = effect_key(judge)
-    base = result.run(0.0).metrics
 
     def score(alpha: float) -> tuple[float, float]:
         moved = effect(result.run(alpha).metrics, base, alpha, key)

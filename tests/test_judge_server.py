@@ -21,6 +21,7 @@ from click.testing import CliRunner
 from bakesteer.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
 pytestmark = pytest.mark.slow
 
 
@@ -28,43 +29,41 @@ pytestmark = pytest.mark.slow
 def judge_gguf(tmp_path_factory: pytest.TempPathFactory) -> Path:
     if os.environ.get("BAKESTEER_JUDGE_GGUF"):
         return Path(os.environ["BAKESTEER_JUDGE_GGUF"])
-    from bakesteer.demo import smollm2_gguf
+    from judge import f16_smollm2  # benchmarks/judge.py
 
-    folder = tmp_path_factory.mktemp("judge")
-    runner = CliRunner()
-    result = runner.invoke(main, ["convert", str(smollm2_gguf()), "--alpha", "0", "-o", str(folder / "k0"), "-q"])
-    assert result.exit_code == 0, result.output
-    out = folder / "smollm2-f16.gguf"
-    result = runner.invoke(main, ["export", str(folder / "k0"), "--gguf", str(out), "--outtype", "f16", "-q"])
-    assert result.exit_code == 0, result.output
-    return out
+    return f16_smollm2(tmp_path_factory.mktemp("judge"))
 
 
 def _spearman(a: list[float], b: list[float]) -> float:
+    """Spearman's rank correlation (ties share their mean rank); NaN when either series is constant."""
+
     def ranks(values: list[float]) -> list[float]:
         order = sorted(range(len(values)), key=lambda i: values[i])
         out = [0.0] * len(values)
-        for rank, i in enumerate(order):
-            out[i] = float(rank)
+        i = 0
+        while i < len(order):
+            j = i
+            while j + 1 < len(order) and values[order[j + 1]] == values[order[i]]:
+                j += 1
+            for k in range(i, j + 1):
+                out[order[k]] = (i + j) / 2
+            i = j + 1
         return out
 
     ra, rb = ranks(a), ranks(b)
-    n = len(a)
-    mean = (n - 1) / 2
-    cov = sum((x - mean) * (y - mean) for x, y in zip(ra, rb, strict=True))
-    var = sum((x - mean) ** 2 for x in ra)
-    return cov / var
+    ma, mb = sum(ra) / len(ra), sum(rb) / len(rb)
+    cov = sum((x - ma) * (y - mb) for x, y in zip(ra, rb, strict=True))
+    var = (sum((x - ma) ** 2 for x in ra) * sum((y - mb) ** 2 for y in rb)) ** 0.5
+    return cov / var if var else float("nan")
 
 
 def test_llama_cpp_server_judges_a_smollm2_sentiment_sweep(
     judge_gguf: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, record_property: object
 ) -> None:
+    from judge import start_server  # benchmarks/judge.py
     from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
 
     from bakesteer.demo import smollm2_gguf
-
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    from judge import start_server  # benchmarks/judge.py
 
     monkeypatch.setenv("BAKESTEER_CACHE", str(tmp_path / "cache"))
     data = ROOT / "bakesteer" / "data"

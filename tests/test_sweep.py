@@ -450,3 +450,15 @@ def test_sweep_with_a_prompted_baseline_row(llama_dir: Path, options: ConvertOpt
     assert plain == [list(tokenizer("Be brief.\n\nHi")["input_ids"])]
     templated = tokenizer.decode(render_prompts(tokenizer, ["Hi"], chat_template=True, system="Be brief.")[0])
     assert templated.index("Be brief.") < templated.index("Hi")
+
+
+def test_a_judge_that_read_nothing_leaves_the_effect_to_the_concept_score() -> None:
+    judge = {"rubric": {"name": "concept", "verdict": "ratings", "ratings": ["concept", "instruction", "fluency"]}}
+    table = {a: _metrics(10.0, concept=a) for a in (0.0, *AUTO_GRID)}
+    for metrics in table.values():
+        metrics["judge"] = {"concept": {"eval": None}, "unparseable": 24}
+    runs = [SweepRun(a, "broadcast", m, [], dose=a) for a, m in table.items()]
+    result = SweepResult("m", (0, 1), [1.0], [None], runs, {}, {})
+    _, decisions, _ = _walk(table)
+    assert choose_alpha(result, decisions, judge) == 2.0  # the strongest coherent k, as without a judge
+    assert window(runs, judge)["effect"] == "concept"  # type: ignore[index]
