@@ -78,8 +78,14 @@ def run_demo(output: Path, *, alpha: float = DEMO_K, overwrite: bool = False) ->
     positive, negative = data_file(DEMO_POSITIVE), data_file(DEMO_NEGATIVE)
     bake = ConvertOptions(alpha=alpha, overwrite=overwrite, positive=positive, negative=negative)
     conversion = convert(str(gguf), output, bake)
+    # the demo shows short answers; the degeneration gate's 512-token answers are `bakesteer eval`'s (they loop at
+    # k = 0.5 on this model: docs/judging.md)
     measure = ConvertOptions(
-        positive=positive, negative=negative, eval_prompts=data_file(DEMO_PROMPTS), max_new_tokens=DEMO_TOKENS
+        positive=positive,
+        negative=negative,
+        eval_prompts=data_file(DEMO_PROMPTS),
+        max_new_tokens=DEMO_TOKENS,
+        long_prompts=0,
     )
     report = evaluate(conversion.output, base=str(gguf), options=measure)
     eval_samples = {who: [s for s in report.samples[who] if s["set"] == "eval"] for who in ("base", "model")}

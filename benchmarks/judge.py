@@ -23,6 +23,7 @@ import platform
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -78,12 +79,14 @@ def start_server(gguf: Path, threads: int | None) -> tuple[subprocess.Popen[byte
     command += ["--port", str(port), "--n_ctx", "4096", "--model_alias", "judge"]
     if threads:
         command += ["--n_threads", str(threads)]
-    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    # its log goes to a file: llama.cpp writes more than a pipe holds, and an unread pipe would block it
+    log = tempfile.NamedTemporaryFile(prefix="llama-server-", suffix=".log", delete=False)
+    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=log)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 600
     while time.monotonic() < deadline:
         if server.poll() is not None:
-            raise SystemExit(f"the llama.cpp server exited ({server.returncode}): {server.stderr.read()[-2000:]!r}")
+            raise SystemExit(f"the llama.cpp server exited ({server.returncode}): {Path(log.name).read_text()[-2000:]}")
         try:
             with urllib.request.urlopen(url + "/v1/models", timeout=2):
                 return server, url
@@ -94,8 +97,6 @@ def start_server(gguf: Path, threads: int | None) -> tuple[subprocess.Popen[byte
 
 
 def main() -> None:
-    import tempfile
-
     from bakesteer.judge import HttpJudge, judge_samples, load_rubric
     from bakesteer.prompts import load_prompt_set
 

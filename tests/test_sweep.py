@@ -27,7 +27,7 @@ from bakesteer.sweep import (
 )
 
 #: Short generations and few eval prompts keep the tier fast; the recipes do not depend on the sizes.
-FAST = dict(max_new_tokens=8)
+FAST = dict(max_new_tokens=8, long_tokens=32)
 
 
 @pytest.fixture(scope="module")
