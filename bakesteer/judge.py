@@ -39,6 +39,7 @@ from urllib.parse import urlsplit, urlunsplit
 import yaml
 
 from bakesteer.errors import JudgeError
+from bakesteer.options import is_url, public_url
 
 logger = logging.getLogger(__name__)
 
@@ -275,23 +276,11 @@ class Judge(Protocol):
     def close(self) -> None: ...
 
 
-def is_url(spec: str) -> bool:
-    """Whether ``--judge`` names a server (``http://`` or ``https://``) rather than a local model."""
-    return spec.startswith(("http://", "https://"))
-
-
 def api_base(url: str) -> str:
     """The client's base URL: ``/v1`` is added to a URL with no path."""
     parts = urlsplit(url)
     path = parts.path.rstrip("/") or "/v1"
     return urlunsplit((parts.scheme, parts.netloc, path, parts.query, ""))
-
-
-def public_url(url: str) -> str:
-    """The server's scheme, host and port only: no credentials, path or query (for messages)."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    return f"{parts.scheme}://{host}" + (f":{parts.port}" if parts.port else "")
 
 
 class HttpJudge:

@@ -40,7 +40,7 @@ from typing import Any
 
 import torch
 
-from bakesteer import degeneration
+import bakesteer.degeneration as degeneration
 from bakesteer.batching import left_padded_batches
 from bakesteer.metrics import (
     REFUSAL_OPENERS,

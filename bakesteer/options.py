@@ -249,8 +249,6 @@ class ConvertOptions:
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict of every option; paths are reduced to their file names (no local paths leak)."""
         out: dict[str, Any] = {}
-        from bakesteer.judge import is_url, public_url
-
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             out[f.name] = Path(value).name if isinstance(value, Path) else value
@@ -317,6 +315,20 @@ class ConvertOptions:
             raise OptionError(
                 "--probes", self.probes, reason="needs one prompt from each set", hint="pass --probes 2 or more"
             )
+
+
+def is_url(spec: str) -> bool:
+    """Whether ``--judge`` names a server (``http://`` or ``https://``) rather than a local model."""
+    return spec.startswith(("http://", "https://"))
+
+
+def public_url(url: str) -> str:
+    """The server's scheme, host and port only: no credentials, path or query (for messages and records)."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    return f"{parts.scheme}://{host}" + (f":{parts.port}" if parts.port else "")
 
 
 def check_repo_id(repo_id: str, option: str) -> None:

@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-from bakesteer import degeneration
+import bakesteer.degeneration as degeneration
 from bakesteer.architectures import ArchitectureSpec
 from bakesteer.errors import EvaluationError, OptionError
 from bakesteer.hooks import STEERING_MODES, steering
