@@ -397,10 +397,15 @@ def effect(run: dict[str, Any], base: dict[str, Any], alpha: float, key: str) ->
     return math.copysign(1.0, alpha) * (float(now) - float(then))
 
 
+def _drift(run: dict[str, Any], base: dict[str, Any]) -> tuple[float, float]:
+    """Fluency as a multiple of k = 0's (inf when unmeasured) and repetition above k = 0's."""
+    ratio = run["fluency"] / base["fluency"] if run["fluency"] is not None and base["fluency"] else math.inf
+    return ratio, run["repetition"] - base["repetition"]
+
+
 def incoherence(run: dict[str, Any], base: dict[str, Any]) -> list[str]:
     """Why a run is not coherent, against k = 0: fluency, repetition, or the degeneration gate (empty: coherent)."""
-    ratio = run["fluency"] / base["fluency"] if run["fluency"] is not None and base["fluency"] else math.inf
-    increase = run["repetition"] - base["repetition"]
+    ratio, increase = _drift(run, base)
     reasons = []
     if ratio > AUTO_MAX_FLUENCY_RATIO:
         reasons.append(f"fluency {ratio:.3g}x k=0's")
@@ -493,10 +498,11 @@ def auto_alphas(direction: str) -> list[float]:
 def _decision(run: SweepRun, base: dict[str, Any], *, bisect: bool = False) -> dict[str, Any]:
     m = run.metrics
     reasons = incoherence(m, base)
+    ratio, increase = _drift(m, base)
     return {
         "alpha": run.alpha,
-        "fluency_ratio": m["fluency"] / base["fluency"] if m["fluency"] is not None and base["fluency"] else math.inf,
-        "repetition_increase": m["repetition"] - base["repetition"],
+        "fluency_ratio": ratio,
+        "repetition_increase": increase,
         "degenerate_rate": (m.get("degenerate") or {}).get("rate"),
         "kept": not reasons,
         "why_not": "; ".join(reasons),
